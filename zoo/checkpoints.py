@@ -1,0 +1,82 @@
+"""Loading checkpoints safely: hash first, then safetensors or a weights-only torch load, strict keys."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from zoo.errors import CheckpointError
+from zoo.registry import Checkpoint
+
+_MAX_LISTED = 8
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_state_dict(checkpoint: Checkpoint) -> dict:
+    """The checkpoint's tensors, after checking its sha256. Never unpickles arbitrary objects."""
+    path = checkpoint.path
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    actual = sha256_file(path)
+    if actual != checkpoint.sha256:
+        raise CheckpointError(
+            f"checkpoint {path.name} has sha256 {actual[:16]}…, the registry expects {checkpoint.sha256[:16]}…",
+            hint="the file is truncated, corrupt or not the registered one; restore it or update the registry's sha256",
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        import torch
+
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # every loader error means the same to the user: unreadable file
+        raise CheckpointError(
+            f"checkpoint {path.name} cannot be read: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+            hint="checkpoints are safetensors files or torch files of plain tensors (loaded with weights_only=True)",
+        ) from exc
+    for key in ("state_dict", "model"):  # common training-loop wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"checkpoint {path.name} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _listing(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_MAX_LISTED])
+    return shown + (f" (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else "")
+
+
+def load_into(module, checkpoint: Checkpoint) -> None:
+    """Load the checkpoint into `module` with strict key and shape matching and a readable error."""
+    state = read_state_dict(checkpoint)
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(
+        f"{k} {tuple(state[k].shape)}≠{tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    )
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s): {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s): {_listing(unexpected)}")
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} shape mismatch(es): {_listing(wrong_shape)}")
+    if problems:
+        raise CheckpointError(
+            f"checkpoint {checkpoint.path.name} does not match the model: " + "; ".join(problems),
+            hint="checkpoints hold the whole embedding model: keys start with 'backbone.' and 'head.'",
+        )
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,99 @@
+"""Converter steps: one module per format step, behind one small interface.
+
+A target's `chain` lists step names. Each step consumes the previous step's main artifact
+(or the torch model, for the first) and writes new artifacts into the work directory.
+Built-in steps are listed in BUILTIN; third-party steps arrive through the entry-point group
+`zoo.converters` (name = "module:Class"). Nothing is imported until a step is asked for,
+so listing models or targets never imports a heavy SDK.
+
+To add a format: write `zoo/converters/<src>_to_<dst>.py` with a class that has `name`,
+`extra`, `preflight()` and `convert()`, add it to BUILTIN, and name it in a target's chain.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from zoo.errors import UsageError
+from zoo.fidelity import Check
+from zoo.progress import QUIET, Progress
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from zoo.registry import ModelSpec
+    from zoo.targets import TargetSpec
+
+ENTRY_POINT_GROUP = "zoo.converters"
+
+BUILTIN = {
+    "torch_to_onnx": "zoo.converters.torch_to_onnx:TorchToOnnx",
+    "onnx_to_ort": "zoo.converters.onnx_to_ort:OnnxToOrt",
+}
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A file (or folder) a step wrote, relative to the output directory."""
+
+    name: str
+    format: str  # onnx | ort | mlpackage | mlmodel | hef | openvino | tflite | config …
+    runnable: bool = True  # False for sidecars (configs, scripts) that no runtime executes
+    description: str = ""
+
+
+@dataclass
+class ConvertContext:
+    model: ModelSpec
+    target: TargetSpec
+    workdir: Path
+    input_size: int
+    torch_model: Any  # the source torch.nn.Module (None for ONNX-file sources)
+    sample_inputs: np.ndarray  # real photos + random, NCHW float32, for in-step parity checks
+    metadata: dict[str, str]  # key/values every artifact embeds
+    progress: Progress = QUIET
+    checks: list[Check] = field(default_factory=list)  # checks made during conversion
+    artifacts: list[Artifact] = field(default_factory=list)
+
+
+class Converter(Protocol):
+    name: str
+    extra: str  # the pip extra that brings this step's toolchain
+
+    def preflight(self, ctx: ConvertContext, upstream: Artifact | None) -> list[str]:
+        """Everything this step cannot handle, listed at once (empty when it can go ahead)."""
+
+    def convert(self, ctx: ConvertContext, upstream: Artifact | None) -> list[Artifact]:
+        """Write artifacts into ctx.workdir; the first one is what the next step consumes."""
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_steps() -> list[str]:
+    return sorted(set(BUILTIN) | set(_entry_points()))
+
+
+def get_converter(name: str, target: str = "") -> Converter:
+    if name in BUILTIN:
+        module_name, _, cls = BUILTIN[name].partition(":")
+        return getattr(importlib.import_module(module_name), cls)()
+    eps = _entry_points()
+    if name in eps:
+        return eps[name].load()()
+    who = f"target {target!r} needs" if target else "the chain needs"
+    raise UsageError(
+        f"{who} the converter step {name!r}, which is not built into this version of zoo",
+        hint=f"available steps: {', '.join(available_steps())}; a plugin can add it "
+        f"through the '{ENTRY_POINT_GROUP}' entry-point group",
+    )
+
+
+def missing_steps(target: TargetSpec) -> list[str]:
+    known = set(available_steps())
+    return [s for s in target.chain if s not in known]

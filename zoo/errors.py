@@ -1,0 +1,67 @@
+"""Errors a user can act on. Each carries the exit code the CLI returns and an optional hint."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONVERSION_FAILED = 3
+
+
+class ZooError(Exception):
+    exit_code = EXIT_CONVERSION_FAILED
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+class UsageError(ZooError):
+    """The request itself is wrong: an unknown name, a bad option, an invalid registry entry."""
+
+    exit_code = EXIT_USAGE
+
+
+class ConversionError(ZooError):
+    """A conversion step (including loading the model or its checkpoint) failed."""
+
+    exit_code = EXIT_CONVERSION_FAILED
+
+
+class CheckpointError(ConversionError):
+    """A checkpoint is missing, corrupt, truncated, tampered with, or does not match the model."""
+
+
+class MissingDependency(UsageError):
+    """An optional toolchain is not installed; the message names the extra that brings it."""
+
+    def __init__(self, what: str, extra: str):
+        super().__init__(
+            f"{what} is not installed",
+            hint=f"install the '{extra}' extra: pip install 'zoo[{extra}]'",
+        )
+        self.extra = extra
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> UsageError:
+    """An 'unknown X' error with a did-you-mean hint from the known names."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    if close:
+        hint = "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    else:
+        hint = f"known {kind}s: " + ", ".join(known)
+    return UsageError(f"unknown {kind} {name!r}", hint=hint)
+
+
+def require(module: str, extra: str):
+    """Import an optional toolchain module, or raise MissingDependency naming the extra."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependency(f"{module} ({exc})", extra) from exc

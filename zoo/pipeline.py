@@ -1,0 +1,256 @@
+"""convert and validate: the library calls behind `zoo convert` and `zoo validate`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from zoo import __version__
+from zoo.converters import Artifact, ConvertContext, get_converter
+from zoo.errors import ConversionError, UsageError
+from zoo.fidelity import Check, Fidelity, Status
+from zoo.metadata import artifact_metadata
+from zoo.outputs import file_entry, read_manifest, staged_directory, tool_versions, write_manifest, write_text_atomic
+from zoo.progress import QUIET, Progress
+from zoo.registry import ModelSpec, Registry, load_registry, spec_from_dict
+from zoo.report import Report
+from zoo.runtimes import get_runtime
+from zoo.targets import TargetSpec, get_target, target_from_dict
+from zoo.validators import References, validate_artifacts
+from zoo.validators.inputs import inputs_sha256, parity_inputs, preprocess, reference_photos
+
+
+@dataclass(frozen=True)
+class Outcome:
+    out_dir: Path
+    report: Report
+
+
+def untrained_warnings(model: ModelSpec, teacher: ModelSpec | None) -> list[str]:
+    warnings = []
+    if not model.trained:
+        warnings.append(f"{model.name} has UNTRAINED WEIGHTS (no checkpoint): its embeddings mean nothing")
+    if teacher is not None and not teacher.trained:
+        warnings.append(f"teacher {teacher.name} has UNTRAINED WEIGHTS: teacher parity is not applicable")
+    return warnings
+
+
+def embed_torch(model, x: np.ndarray, batch: int = 8) -> np.ndarray:
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            outs.append(model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch]))).numpy())
+    return np.concatenate(outs).astype(np.float32)
+
+
+def teacher_reference(model: ModelSpec, teacher: ModelSpec | None, progress: Progress) -> tuple:
+    """(teacher embeddings of the photos, reason when not applicable)."""
+    if model.role == "teacher":
+        return None, "the model is a teacher"
+    if teacher is None:
+        return None, "the model has no teacher"
+    if not teacher.trained:
+        return None, f"teacher {teacher.name} has untrained weights; parity against it would mean nothing"
+    if teacher.embedding_dim != model.embedding_dim or teacher.embedding_space != model.embedding_space:
+        return None, (
+            f"teacher {teacher.name} embeds into {teacher.embedding_space} ({teacher.embedding_dim}-d), "
+            f"the model into {model.embedding_space} ({model.embedding_dim}-d)"
+        )
+    from zoo.models import build_model
+
+    with progress.step(f"running teacher {teacher.name} (torch) on the reference photos"):
+        photos = [image for _, image in reference_photos()]
+        x = preprocess(photos, teacher.input_size, teacher.mean, teacher.std)
+        return embed_torch(build_model(teacher), x, batch=2), ""
+
+
+def _source_reference(model: ModelSpec, torch_model, x: np.ndarray) -> tuple[np.ndarray, str]:
+    if torch_model is not None:
+        return embed_torch(torch_model, x), "torch fp32"
+    from zoo.runtimes import run_in_batches
+    from zoo.runtimes.onnxruntime import OrtSession
+
+    return run_in_batches(OrtSession(Path(model.architecture)), x), "source ONNX on ONNX Runtime"
+
+
+def _resolve(model_name: str, target_name: str, registry: Registry | None) -> tuple:
+    registry = registry or load_registry()
+    model = registry.get(model_name)
+    target = get_target(target_name)
+    teacher = registry.teacher_of(model)
+    return model, target, teacher
+
+
+def convert(
+    model_name: str,
+    target_name: str,
+    *,
+    out_root: Path = Path("out"),
+    registry: Registry | None = None,
+    validate: bool = True,
+    latency_runs: int = 30,
+    progress: Progress = QUIET,
+) -> Outcome:
+    """Convert a registered model for a target, validate every artifact, write outputs atomically."""
+    model, target, teacher = _resolve(model_name, target_name, registry)
+    steps = [get_converter(step, target.name) for step in target.chain]  # unknown steps fail before any work
+    runtime = get_runtime(target.runtime) if validate else None
+    warnings = untrained_warnings(model, teacher)
+    for warning in warnings:
+        progress.say(f"WARNING: {warning}")
+    size = model.input_size_for(target)
+
+    torch_model = None
+    if model.architecture_kind != "onnx":
+        from zoo.models import build_model
+
+        with progress.step(f"building {model.name} ({model.architecture}, {size} px, {model.weights_label})"):
+            torch_model = build_model(model)
+    x, labels = parity_inputs(size, model.mean, model.std)
+    photo_count = len(reference_photos())
+
+    out_dir = Path(out_root) / model.name / target.name
+    with staged_directory(out_dir) as work:
+        ctx = ConvertContext(
+            model=model,
+            target=target,
+            workdir=work,
+            input_size=size,
+            torch_model=torch_model,
+            sample_inputs=x,
+            metadata=artifact_metadata(model, target, size),
+            progress=progress,
+        )
+        upstream: Artifact | None = None
+        for step in steps:
+            problems = step.preflight(ctx, upstream)
+            if problems:
+                raise ConversionError(f"{step.name} cannot convert {model.name}: " + "; ".join(problems))
+            with progress.step(f"{step.name}"):
+                produced = step.convert(ctx, upstream)
+            ctx.artifacts += produced
+            upstream = produced[0]
+
+        checks: list[Check] = list(ctx.checks)
+        if validate:
+            source, source_label = _source_reference(model, torch_model, x)
+            teacher_out, reason = teacher_reference(model, teacher, progress)
+            refs = References(x, tuple(labels), photo_count, source, source_label, teacher_out, reason,
+                              teacher.name if teacher else "")
+            checks += validate_artifacts(model, target, work, ctx.artifacts, refs, runtime,
+                                         latency_runs=latency_runs, progress=progress)
+        report = Report(
+            model=model.name,
+            target=target.name,
+            checks=tuple(checks),
+            warnings=tuple(warnings),
+            artifacts=tuple(a.name for a in ctx.artifacts),
+            validated=validate,
+            info=_report_info(model, target, size, runtime, x),
+        )
+        manifest = _manifest(work, model, teacher, target, ctx.artifacts, size, report)
+        write_manifest(work, manifest)
+        write_text_atomic(work / "report.json", report.to_json())
+        write_text_atomic(work / "report.md", report.to_markdown())
+    return Outcome(out_dir, report)
+
+
+def _report_info(model: ModelSpec, target: TargetSpec, size: int, runtime, x: np.ndarray) -> dict:
+    return {
+        "weights": model.weights_label,
+        "input": f"{size}×{size} RGB, mean {list(model.mean)}, std {list(model.std)}, NCHW",
+        "validation runtime": f"{runtime.name} {runtime.version()}" if runtime else "none (--no-validate)",
+        "validation inputs sha256": inputs_sha256(x),
+        "embedding": f"{model.embedding_dim}-d, space {model.embedding_space}, "
+        + ("L2-normalized in the model" if model.normalize else "L2 normalization on the host"),
+    }
+
+
+def _manifest(root: Path, model, teacher, target, artifacts, size, report: Report) -> dict:
+    return {
+        "schema": 1,
+        "zoo_version": __version__,
+        "model": model.to_dict(),
+        "teacher": teacher.to_dict() if teacher else None,
+        "target": target.to_dict(),
+        "input_size": size,
+        "checkpoint_sha256": model.checkpoint.sha256 if model.checkpoint else None,
+        "weights": "trained" if model.trained else "untrained",
+        "verdict": report.verdict,
+        "artifacts": [
+            {**file_entry(root, a.name), "format": a.format, "runnable": a.runnable, "description": a.description}
+            for a in artifacts
+        ],
+        "tools": tool_versions(),
+    }
+
+
+def validate_dir(out_dir: Path, *, latency_runs: int = 30, progress: Progress = QUIET) -> Outcome:
+    """Re-validate an output directory from its manifest: file hashes, then every check again."""
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    try:
+        model = spec_from_dict(manifest["model"]["name"], _spec_fields(manifest["model"]))
+        teacher = (
+            spec_from_dict(manifest["teacher"]["name"], _spec_fields(manifest["teacher"]))
+            if manifest.get("teacher")
+            else None
+        )
+        target_fields = dict(manifest["target"])
+        target = target_from_dict(target_fields.pop("name"), target_fields)
+        artifacts = [Artifact(a["path"], a["format"], a["runnable"], a.get("description", ""))
+                     for a in manifest["artifacts"]]
+    except (KeyError, TypeError) as exc:
+        raise UsageError(f"{out_dir}/manifest.json is missing {exc}") from None
+    checks = [_integrity_check(out_dir, manifest)]
+    runtime = get_runtime(target.runtime)
+    warnings = untrained_warnings(model, teacher)
+    size = int(manifest["input_size"])
+    torch_model = None
+    if model.architecture_kind != "onnx":
+        from zoo.models import build_model
+
+        with progress.step(f"building {model.name} source model"):
+            torch_model = build_model(model)
+    x, labels = parity_inputs(size, model.mean, model.std)
+    if checks[0].status is Status.PASS:
+        source, source_label = _source_reference(model, torch_model, x)
+        teacher_out, reason = teacher_reference(model, teacher, progress)
+        refs = References(x, tuple(labels), len(reference_photos()), source, source_label, teacher_out, reason,
+                          teacher.name if teacher else "")
+        checks += validate_artifacts(model, target, out_dir, artifacts, refs, runtime, latency_runs=latency_runs,
+                                     progress=progress)
+    report = Report(model.name, target.name, tuple(checks), tuple(warnings), tuple(a.name for a in artifacts),
+                    info=_report_info(model, target, size, runtime, x))
+    write_text_atomic(out_dir / "report.json", report.to_json())
+    write_text_atomic(out_dir / "report.md", report.to_markdown())
+    return Outcome(out_dir, report)
+
+
+def _spec_fields(d: dict) -> dict:
+    d = {k: v for k, v in d.items() if k not in ("name", "source")}
+    if d.get("checkpoint") is None:
+        d.pop("checkpoint", None)
+    return d
+
+
+def _integrity_check(root: Path, manifest: dict) -> Check:
+    bad = []
+    for entry in manifest["artifacts"]:
+        path = root / entry["path"]
+        if not path.exists():
+            bad.append(f"{entry['path']} missing")
+        elif file_entry(root, entry["path"])["sha256"] != entry["sha256"]:
+            bad.append(f"{entry['path']} sha256 differs")
+    return Check(
+        "artifact files match the manifest (sha256)",
+        Status.FAIL if bad else Status.PASS,
+        Fidelity.MEASURED,
+        value=f"{len(manifest['artifacts']) - len(bad)}/{len(manifest['artifacts'])}",
+        threshold="all match",
+        detail="; ".join(bad),
+    )

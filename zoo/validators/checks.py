@@ -1,0 +1,73 @@
+"""Checks on one artifact's outputs: shape and dtype, unit norm, parity vs source and vs teacher."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from zoo.fidelity import Check, Fidelity, Status
+from zoo.validators.metrics import parity_stats
+
+NORM_TOLERANCE = 1e-3
+
+
+def _status(ok: bool) -> Status:
+    return Status.PASS if ok else Status.FAIL
+
+
+def output_shape(out: np.ndarray, batch: int, dim: int, fidelity: Fidelity, artifact: str) -> Check:
+    expected = (batch, dim)
+    ok = tuple(out.shape) == expected and out.dtype == np.float32 and bool(np.isfinite(out).all())
+    detail = "" if np.isfinite(out).all() else "non-finite values in the output"
+    return Check(
+        "output shape and dtype",
+        _status(ok),
+        fidelity,
+        value=f"{tuple(out.shape)} {out.dtype}",
+        threshold=f"{expected} float32, finite",
+        artifact=artifact,
+        detail=detail,
+    )
+
+
+def unit_norm(out: np.ndarray, fidelity: Fidelity, artifact: str, normalized: bool = True) -> Check:
+    norms = np.linalg.norm(out.astype(np.float64), axis=1)
+    worst = float(np.max(np.abs(norms - 1.0)))
+    if not normalized:
+        return Check(
+            "unit L2 norm",
+            Status.NOT_APPLICABLE,
+            fidelity,
+            value=round(worst, 6),
+            artifact=artifact,
+            detail="the model leaves L2 normalization to the host",
+        )
+    return Check(
+        "unit L2 norm",
+        _status(worst <= NORM_TOLERANCE),
+        fidelity,
+        value=round(worst, 7),
+        threshold=f"max |‖e‖ − 1| ≤ {NORM_TOLERANCE}",
+        artifact=artifact,
+        data={"norm_min": float(norms.min()), "norm_max": float(norms.max())},
+    )
+
+
+def parity(
+    name: str, reference: np.ndarray, out: np.ndarray, min_cosine: float, fidelity: Fidelity, artifact: str, detail=""
+) -> Check:
+    stats = parity_stats(reference, out)
+    return Check(
+        name,
+        _status(stats["cosine_min"] >= min_cosine),
+        fidelity,
+        value=round(stats["cosine_min"], 7),
+        threshold=f"min cosine ≥ {min_cosine}",
+        artifact=artifact,
+        detail=f"mean {stats['cosine_mean']:.7f}, max |Δ| {stats['max_abs_diff']:.2e}, "
+        f"{stats['samples']} samples" + (f"; {detail}" if detail else ""),
+        data=stats,
+    )
+
+
+def not_applicable(name: str, reason: str, artifact: str = "") -> Check:
+    return Check(name, Status.NOT_APPLICABLE, Fidelity.NOT_RUN, artifact=artifact, detail=reason)
