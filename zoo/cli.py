@@ -21,8 +21,17 @@ def cmd_list(*, what: str, registry: list[Path]) -> int:
 
         rows = [("name", "role", "teacher", "architecture", "dim", "size", "weights")]
         for spec in load_registry(registry):
-            rows.append((spec.name, spec.role, spec.teacher or "—", spec.architecture, str(spec.embedding_dim),
-                         str(spec.input_size), "trained" if spec.trained else "UNTRAINED"))
+            rows.append(
+                (
+                    spec.name,
+                    spec.role,
+                    spec.teacher or "—",
+                    spec.architecture,
+                    str(spec.embedding_dim),
+                    str(spec.input_size),
+                    "trained" if spec.trained else "UNTRAINED",
+                )
+            )
     else:
         from zoo.converters import missing_steps
         from zoo.targets import load_targets
@@ -30,8 +39,9 @@ def cmd_list(*, what: str, registry: list[Path]) -> int:
         rows = [("name", "precision", "chain", "runtime", "budget", "status")]
         for t in load_targets().values():
             missing = missing_steps(t)
-            budget = f"p{t.latency_percentile} < {t.latency_budget_ms:g} ms ({t.latency_on})" if t.latency_budget_ms \
-                else "—"
+            budget = (
+                f"p{t.latency_percentile} < {t.latency_budget_ms:g} ms ({t.latency_on})" if t.latency_budget_ms else "—"
+            )
             status = "ready" if not missing else "not built yet: " + ", ".join(missing)
             rows.append((t.name, t.precision, " → ".join(t.chain), t.runtime, budget, status))
     _print_table(rows)
@@ -58,8 +68,15 @@ def cmd_convert(
     from zoo.pipeline import convert
     from zoo.registry import load_registry
 
-    outcome = convert(model, target, out_root=out, registry=load_registry(registry), validate=validate,
-                      latency_runs=latency_runs, progress=Progress(enabled=not quiet))
+    outcome = convert(
+        model,
+        target,
+        out_root=out,
+        registry=load_registry(registry),
+        validate=validate,
+        latency_runs=latency_runs,
+        progress=Progress(enabled=not quiet),
+    )
     print(outcome.report.to_terminal())
     print(f"artifacts, manifest and report: {outcome.out_dir}")
     return EXIT_CHECK_FAILED if outcome.report.failed else EXIT_OK
@@ -83,8 +100,14 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry", action="append", type=Path, default=[], metavar="PATH",
-                        help="extra model registry file or folder (repeatable; also $ZOO_REGISTRY)")
+    common.add_argument(
+        "--registry",
+        action="append",
+        type=Path,
+        default=[],
+        metavar="PATH",
+        help="extra model registry file or folder (repeatable; also $ZOO_REGISTRY)",
+    )
     common.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
@@ -120,8 +143,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "show":
             return cmd_show(model=args.model, registry=args.registry)
         if args.command == "convert":
-            return cmd_convert(model=args.model, target=args.target, out=args.out, validate=args.validate,
-                               latency_runs=args.latency_runs, registry=args.registry, quiet=args.quiet)
+            return cmd_convert(
+                model=args.model,
+                target=args.target,
+                out=args.out,
+                validate=args.validate,
+                latency_runs=args.latency_runs,
+                registry=args.registry,
+                quiet=args.quiet,
+            )
         if args.command == "validate":
             return cmd_validate(directory=args.directory, latency_runs=args.latency_runs, quiet=args.quiet)
     except ZooError as exc:

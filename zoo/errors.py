@@ -50,10 +50,11 @@ def unknown_name(kind: str, name: str, known: Iterable[str]) -> UsageError:
     """An 'unknown X' error with a did-you-mean hint from the known names."""
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    if close:
-        hint = "did you mean " + " or ".join(repr(c) for c in close) + "?"
-    else:
-        hint = f"known {kind}s: " + ", ".join(known)
+    if not close and known:  # always name the nearest one, however far
+        close = [max(known, key=lambda k: difflib.SequenceMatcher(None, name, k).ratio())]
+    hint = "did you mean " + " or ".join(repr(c) for c in close) + "?" if close else f"no {kind}s are registered"
+    if len(known) <= 30:
+        hint += f" (known {kind}s: {', '.join(known)})"
     return UsageError(f"unknown {kind} {name!r}", hint=hint)
 
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 
-class Fidelity(str, Enum):
+class Fidelity(StrEnum):
     MEASURED = "measured"  # the real runtime executed the artifact on this host
     DEVICE = "device"  # the real runtime on the real device
     EMULATED = "emulated"  # our own or the vendor's execution, not the device runtime
@@ -14,7 +14,7 @@ class Fidelity(str, Enum):
     NOT_RUN = "not run"  # nothing could check it here
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     PASS = "pass"
     FAIL = "fail"
     NOT_RUN = "not run"  # never counts as a pass

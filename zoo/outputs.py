@@ -66,8 +66,21 @@ def tool_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {}
-    for dist in ("zoo", "torch", "timm", "onnx", "onnxruntime", "onnxscript", "onnxslim", "openvino", "nncf",
-                 "coremltools", "litert-torch", "ai-edge-litert", "numpy"):
+    for dist in (
+        "zoo",
+        "torch",
+        "timm",
+        "onnx",
+        "onnxruntime",
+        "onnxscript",
+        "onnxslim",
+        "openvino",
+        "nncf",
+        "coremltools",
+        "litert-torch",
+        "ai-edge-litert",
+        "numpy",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

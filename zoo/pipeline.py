@@ -98,7 +98,7 @@ def convert(
     """Convert a registered model for a target, validate every artifact, write outputs atomically."""
     model, target, teacher = _resolve(model_name, target_name, registry)
     steps = [get_converter(step, target.name) for step in target.chain]  # unknown steps fail before any work
-    runtime = get_runtime(target.runtime) if validate else None
+    runtime = get_runtime(target.runtime)
     warnings = untrained_warnings(model, teacher)
     for warning in warnings:
         progress.say(f"WARNING: {warning}")
@@ -139,10 +139,19 @@ def convert(
         if validate:
             source, source_label = _source_reference(model, torch_model, x)
             teacher_out, reason = teacher_reference(model, teacher, progress)
-            refs = References(x, tuple(labels), photo_count, source, source_label, teacher_out, reason,
-                              teacher.name if teacher else "")
-            checks += validate_artifacts(model, target, work, ctx.artifacts, refs, runtime,
-                                         latency_runs=latency_runs, progress=progress)
+            refs = References(
+                x,
+                tuple(labels),
+                photo_count,
+                source,
+                source_label,
+                teacher_out,
+                reason,
+                teacher.name if teacher else "",
+            )
+            checks += validate_artifacts(
+                model, target, work, ctx.artifacts, refs, latency_runs=latency_runs, progress=progress
+            )
         report = Report(
             model=model.name,
             target=target.name,
@@ -150,9 +159,9 @@ def convert(
             warnings=tuple(warnings),
             artifacts=tuple(a.name for a in ctx.artifacts),
             validated=validate,
-            info=_report_info(model, target, size, runtime, x),
+            info=_report_info(model, target, size, runtime if validate else None, x),
         )
-        manifest = _manifest(work, model, teacher, target, ctx.artifacts, size, report)
+        manifest = _manifest(work, model, teacher, target, ctx.artifacts, size, report, ctx.records)
         write_manifest(work, manifest)
         write_text_atomic(work / "report.json", report.to_json())
         write_text_atomic(work / "report.md", report.to_markdown())
@@ -163,14 +172,21 @@ def _report_info(model: ModelSpec, target: TargetSpec, size: int, runtime, x: np
     return {
         "weights": model.weights_label,
         "input": f"{size}×{size} RGB, mean {list(model.mean)}, std {list(model.std)}, NCHW",
-        "validation runtime": f"{runtime.name} {runtime.version()}" if runtime else "none (--no-validate)",
+        "validation runtime": _runtime_label(runtime),
         "validation inputs sha256": inputs_sha256(x),
         "embedding": f"{model.embedding_dim}-d, space {model.embedding_space}, "
         + ("L2-normalized in the model" if model.normalize else "L2 normalization on the host"),
     }
 
 
-def _manifest(root: Path, model, teacher, target, artifacts, size, report: Report) -> dict:
+def _runtime_label(runtime) -> str:
+    if runtime is None:
+        return "none (--no-validate)"
+    reason = runtime.unavailable_reason()
+    return f"{runtime.name}: not available here ({reason})" if reason else f"{runtime.name} {runtime.version()}"
+
+
+def _manifest(root: Path, model, teacher, target, artifacts, size, report: Report, records: dict) -> dict:
     return {
         "schema": 1,
         "zoo_version": __version__,
@@ -182,10 +198,18 @@ def _manifest(root: Path, model, teacher, target, artifacts, size, report: Repor
         "weights": "trained" if model.trained else "untrained",
         "verdict": report.verdict,
         "artifacts": [
-            {**file_entry(root, a.name), "format": a.format, "runnable": a.runnable, "description": a.description}
+            {
+                **file_entry(root, a.name),
+                "format": a.format,
+                "runnable": a.runnable,
+                "description": a.description,
+                "runtime": a.runtime or target.runtime,
+                "host_l2_normalize": a.host_l2_normalize,
+            }
             for a in artifacts
         ],
         "tools": tool_versions(),
+        **records,
     }
 
 
@@ -202,8 +226,17 @@ def validate_dir(out_dir: Path, *, latency_runs: int = 30, progress: Progress = 
         )
         target_fields = dict(manifest["target"])
         target = target_from_dict(target_fields.pop("name"), target_fields)
-        artifacts = [Artifact(a["path"], a["format"], a["runnable"], a.get("description", ""))
-                     for a in manifest["artifacts"]]
+        artifacts = [
+            Artifact(
+                a["path"],
+                a["format"],
+                a["runnable"],
+                a.get("description", ""),
+                a.get("runtime", ""),
+                a.get("host_l2_normalize", False),
+            )
+            for a in manifest["artifacts"]
+        ]
     except (KeyError, TypeError) as exc:
         raise UsageError(f"{out_dir}/manifest.json is missing {exc}") from None
     checks = [_integrity_check(out_dir, manifest)]
@@ -220,12 +253,27 @@ def validate_dir(out_dir: Path, *, latency_runs: int = 30, progress: Progress = 
     if checks[0].status is Status.PASS:
         source, source_label = _source_reference(model, torch_model, x)
         teacher_out, reason = teacher_reference(model, teacher, progress)
-        refs = References(x, tuple(labels), len(reference_photos()), source, source_label, teacher_out, reason,
-                          teacher.name if teacher else "")
-        checks += validate_artifacts(model, target, out_dir, artifacts, refs, runtime, latency_runs=latency_runs,
-                                     progress=progress)
-    report = Report(model.name, target.name, tuple(checks), tuple(warnings), tuple(a.name for a in artifacts),
-                    info=_report_info(model, target, size, runtime, x))
+        refs = References(
+            x,
+            tuple(labels),
+            len(reference_photos()),
+            source,
+            source_label,
+            teacher_out,
+            reason,
+            teacher.name if teacher else "",
+        )
+        checks += validate_artifacts(
+            model, target, out_dir, artifacts, refs, latency_runs=latency_runs, progress=progress
+        )
+    report = Report(
+        model.name,
+        target.name,
+        tuple(checks),
+        tuple(warnings),
+        tuple(a.name for a in artifacts),
+        info=_report_info(model, target, size, runtime, x),
+    )
     write_text_atomic(out_dir / "report.json", report.to_json())
     write_text_atomic(out_dir / "report.md", report.to_markdown())
     return Outcome(out_dir, report)

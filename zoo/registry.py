@@ -197,7 +197,9 @@ class Registry:
         for spec in self._specs.values():
             if spec.teacher and spec.teacher not in self._specs:
                 err = unknown_name("model", spec.teacher, self._specs)
-                raise UsageError(f"model {spec.name!r} names teacher {spec.teacher!r}, which is not registered", err.hint)
+                raise UsageError(
+                    f"model {spec.name!r} names teacher {spec.teacher!r}, which is not registered", err.hint
+                )
 
 
 def builtin_registry_files() -> list[Path]:

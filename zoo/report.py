@@ -97,7 +97,9 @@ class Report:
         rows = [("artifact", "check", "value", "threshold", "fidelity", "result")]
         for ch in self.checks:
             value = "—" if ch.value is None else (f"{ch.value:.7g}" if isinstance(ch.value, float) else str(ch.value))
-            rows.append((ch.artifact or "—", ch.name, value, ch.threshold or "—", ch.fidelity.value, ch.status.value.upper()))
+            rows.append(
+                (ch.artifact or "—", ch.name, value, ch.threshold or "—", ch.fidelity.value, ch.status.value.upper())
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         text.insert(1, "  ".join("-" * w for w in widths))

@@ -44,6 +44,8 @@ class Artifact:
     format: str  # onnx | ort | mlpackage | mlmodel | hef | openvino | tflite | config …
     runnable: bool = True  # False for sidecars (configs, scripts) that no runtime executes
     description: str = ""
+    runtime: str = ""  # the runtime that validates it; empty = the target's runtime
+    host_l2_normalize: bool = False  # the artifact leaves L2 normalization to the host (e.g. Hailo)
 
 
 @dataclass
@@ -58,6 +60,10 @@ class ConvertContext:
     progress: Progress = QUIET
     checks: list[Check] = field(default_factory=list)  # checks made during conversion
     artifacts: list[Artifact] = field(default_factory=list)
+    records: dict[str, Any] = field(default_factory=dict)  # extra manifest entries (e.g. "calibration")
+    warnings: list[str] = field(default_factory=list)  # shown on the terminal and in the report
+    calibration_dir: Path | None = None  # user images for int8 calibration (None: the reference photos)
+    calibration_count: int | None = None  # None: the step's own default
 
 
 class Converter(Protocol):

@@ -40,7 +40,9 @@ class OnnxToOrt:
             log = io.StringIO()
             try:
                 with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                    convert_onnx_models_to_ort(source, output_dir=tmp / "out", optimization_styles=[OptimizationStyle.Runtime])
+                    convert_onnx_models_to_ort(
+                        source, output_dir=tmp / "out", optimization_styles=[OptimizationStyle.Runtime]
+                    )
             except Exception as exc:
                 raise ConversionError(f"ONNX → ORT conversion failed: {type(exc).__name__}: {exc}") from exc
             ort_files = sorted((tmp / "out").glob("*.ort"))

@@ -1,13 +1,16 @@
 """Validation runtimes: what executes an artifact so its numbers can be checked.
 
 Each runtime says which artifact formats it opens and the fidelity of what it measures
-(ONNX Runtime on this host: measured; a numpy execution of a Core ML program: emulated).
-Runtimes are named in target specs and imported only when used.
+(ONNX Runtime on this host: measured; a numpy execution of a Core ML program: emulated; HailoRT
+on the Pi: device). Runtimes are named in target specs (or per artifact), imported only when
+used; third-party runtimes arrive through the entry-point group `zoo.runtimes`.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
@@ -15,6 +18,8 @@ import numpy as np
 
 from zoo.errors import UsageError
 from zoo.fidelity import Fidelity
+
+ENTRY_POINT_GROUP = "zoo.runtimes"
 
 BUILTIN = {
     "onnxruntime": "zoo.runtimes.onnxruntime:OnnxRuntime",
@@ -34,19 +39,32 @@ class Runtime(Protocol):
     fidelity: Fidelity
     extra: str
 
+    def unavailable_reason(self) -> str | None:
+        """None when the runtime can run here, else why not (shown as 'not run' in the report)."""
+
     def version(self) -> str: ...
 
     def open(self, path: Path) -> Session: ...
 
 
 def get_runtime(name: str) -> Runtime:
-    if name not in BUILTIN:
-        raise UsageError(
-            f"validation runtime {name!r} is not built into this version of zoo",
-            hint=f"available runtimes: {', '.join(sorted(BUILTIN))}",
-        )
-    module_name, _, cls = BUILTIN[name].partition(":")
-    return getattr(importlib.import_module(module_name), cls)()
+    if name in BUILTIN:
+        module_name, _, cls = BUILTIN[name].partition(":")
+        return getattr(importlib.import_module(module_name), cls)()
+    eps = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    if name in eps:
+        return eps[name].load()()
+    raise UsageError(
+        f"validation runtime {name!r} is not built into this version of zoo",
+        hint=f"available runtimes: {', '.join(sorted(set(BUILTIN) | set(eps)))}",
+    )
+
+
+def module_missing(module: str, extra: str) -> str | None:
+    """A reason string when `module` cannot be imported (for unavailable_reason)."""
+    if importlib.util.find_spec(module) is None:
+        return f"{module} is not installed (pip install 'zoo[{extra}]')"
+    return None
 
 
 def run_in_batches(session: Session, x: np.ndarray) -> np.ndarray:

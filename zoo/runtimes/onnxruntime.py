@@ -8,6 +8,7 @@ import numpy as np
 
 from zoo.errors import require
 from zoo.fidelity import Fidelity
+from zoo.runtimes import module_missing
 
 
 class OrtSession:
@@ -35,6 +36,9 @@ class OnnxRuntime:
     formats = frozenset({"onnx", "ort"})
     fidelity = Fidelity.MEASURED
     extra = "onnx"
+
+    def unavailable_reason(self) -> str | None:
+        return module_missing("onnxruntime", self.extra)
 
     def version(self) -> str:
         return require("onnxruntime", "onnx").__version__

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from zoo.converters import Artifact
-from zoo.fidelity import Check
+from zoo.fidelity import Check, Fidelity, Status
 from zoo.progress import QUIET, Progress
 from zoo.registry import ModelSpec
-from zoo.runtimes import Runtime, run_in_batches
+from zoo.runtimes import Runtime, get_runtime, run_in_batches
 from zoo.targets import TargetSpec
 from zoo.validators import checks, latency
 
@@ -34,43 +34,84 @@ class References:
     teacher_name: str = ""
 
 
+def runtime_for(artifact: Artifact, target: TargetSpec) -> Runtime:
+    return get_runtime(artifact.runtime or target.runtime)
+
+
 def validate_artifacts(
     model: ModelSpec,
     target: TargetSpec,
     out_dir: Path,
     artifacts: list[Artifact],
     refs: References,
-    runtime: Runtime,
     *,
     latency_runs: int = 30,
     progress: Progress = QUIET,
 ) -> list[Check]:
     results: list[Check] = []
-    runnable = [a for a in artifacts if a.runnable and a.format in runtime.formats]
-    if not runnable:
-        results.append(checks.not_applicable("artifact validation", f"no artifact that {runtime.name} can open"))
-    for artifact in runnable:
+    validated = 0
+    for artifact in artifacts:
+        if not artifact.runnable:
+            continue
+        runtime = runtime_for(artifact, target)
+        if artifact.format not in runtime.formats:
+            continue
+        reason = runtime.unavailable_reason()
+        if reason:
+            results.append(
+                Check(
+                    "artifact validation",
+                    Status.NOT_RUN,
+                    Fidelity.NOT_RUN,
+                    artifact=artifact.name,
+                    detail=f"{runtime.name}: {reason}",
+                )
+            )
+            continue
         with progress.step(f"validating {artifact.name} on {runtime.name}"):
-            results += validate_one(model, target, out_dir / artifact.name, artifact.name, refs, runtime, latency_runs)
+            results += validate_one(model, target, out_dir / artifact.name, artifact, refs, runtime, latency_runs)
+        validated += 1
+    if not validated and not results:
+        results.append(
+            Check(
+                "artifact validation",
+                Status.NOT_RUN,
+                Fidelity.NOT_RUN,
+                detail="no artifact that a validation runtime can open",
+            )
+        )
     return results
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def validate_one(
     model: ModelSpec,
     target: TargetSpec,
     path: Path,
-    name: str,
+    artifact: Artifact,
     refs: References,
     runtime: Runtime,
     latency_runs: int,
 ) -> list[Check]:
     fid = runtime.fidelity
+    name = artifact.name
     session = runtime.open(path)
     out = run_in_batches(session, refs.inputs)
-    rows = [
-        checks.output_shape(out, len(refs.inputs), model.embedding_dim, fid, name),
-        checks.unit_norm(out, fid, name, normalized=model.normalize),
-    ]
+    rows = [checks.output_shape(out, len(refs.inputs), model.embedding_dim, fid, name)]
+    if artifact.host_l2_normalize:
+        out = _l2(out.astype(np.float32)).astype(np.float32)
+        rows.append(
+            checks.not_applicable(
+                "unit L2 norm",
+                "the artifact leaves L2 normalization to the host; parity below is after host normalization",
+                name,
+            )
+        )
+    else:
+        rows.append(checks.unit_norm(out, fid, name, normalized=model.normalize))
     if out.shape != refs.source.shape:
         return rows  # nothing to compare: the shape check already failed
     rows.append(

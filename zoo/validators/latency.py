@@ -52,26 +52,55 @@ def latency_checks(stats: dict, target: TargetSpec, fidelity: Fidelity, artifact
     budget = target.latency_budget_ms
     if budget is None:
         rows.append(
-            Check(f"latency p{pct} ({where}, batch 1)", Status.INFO, fidelity, round(value, 2), "no budget", artifact,
-                  f"{figures} over {stats['runs']} runs on {stats['host']}", stats)
+            Check(
+                f"latency p{pct} ({where}, batch 1)",
+                Status.INFO,
+                fidelity,
+                round(value, 2),
+                "no budget",
+                artifact,
+                f"{figures} over {stats['runs']} runs on {stats['host']}",
+                stats,
+            )
         )
         return rows
     gated = target.latency_on == where
     threshold = f"p{pct} < {budget:g} ms on {target.latency_on}"
     if gated:
         rows.append(
-            Check(f"latency p{pct} ({where}, batch 1)", Status.PASS if value < budget else Status.FAIL, fidelity,
-                  round(value, 2), threshold, artifact, f"{figures} over {stats['runs']} runs on {stats['host']}",
-                  stats)
+            Check(
+                f"latency p{pct} ({where}, batch 1)",
+                Status.PASS if value < budget else Status.FAIL,
+                fidelity,
+                round(value, 2),
+                threshold,
+                artifact,
+                f"{figures} over {stats['runs']} runs on {stats['host']}",
+                stats,
+            )
         )
     else:
         rows.append(
-            Check(f"latency p{pct} ({where}, batch 1)", Status.INFO, fidelity, round(value, 2),
-                  "not gated: host ≠ device", artifact,
-                  f"{figures} over {stats['runs']} runs on {stats['host']}", stats)
+            Check(
+                f"latency p{pct} ({where}, batch 1)",
+                Status.INFO,
+                fidelity,
+                round(value, 2),
+                "not gated: host ≠ device",
+                artifact,
+                f"{figures} over {stats['runs']} runs on {stats['host']}",
+                stats,
+            )
         )
         rows.append(
-            Check(f"latency budget on {target.device or 'the device'}", Status.NOT_RUN, Fidelity.NOT_RUN, None,
-                  threshold, artifact, "no device runner here; the host figure does not prove the device budget")
+            Check(
+                f"latency budget on {target.device or 'the device'}",
+                Status.NOT_RUN,
+                Fidelity.NOT_RUN,
+                None,
+                threshold,
+                artifact,
+                "no device runner here; the host figure does not prove the device budget",
+            )
         )
     return rows
