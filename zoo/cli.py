@@ -63,7 +63,16 @@ def cmd_show(*, model: str, registry: list[Path]) -> int:
 
 
 def cmd_convert(
-    *, model: str, target: str, out: Path, validate: bool, latency_runs: int, registry: list[Path], quiet: bool
+    *,
+    model: str,
+    target: str,
+    out: Path,
+    validate: bool,
+    latency_runs: int,
+    calibration: Path | None,
+    calibration_count: int | None,
+    registry: list[Path],
+    quiet: bool,
 ) -> int:
     from zoo.pipeline import convert
     from zoo.registry import load_registry
@@ -75,6 +84,8 @@ def cmd_convert(
         registry=load_registry(registry),
         validate=validate,
         latency_runs=latency_runs,
+        calibration_dir=calibration,
+        calibration_count=calibration_count,
         progress=Progress(enabled=not quiet),
     )
     print(outcome.report.to_terminal())
@@ -127,6 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("out"), help="output root (default: out/)")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="convert only")
     p.add_argument("--latency-runs", type=int, default=30, help="timed runs after warm-up (at least 20)")
+    p.add_argument(
+        "--calibration", type=Path, metavar="DIR", help="images for int8 calibration (default: reference photos)"
+    )
+    p.add_argument("--calibration-count", type=int, metavar="N", help="how many calibration images to use")
 
     p = sub.add_parser("validate", parents=[common], help="re-validate an output directory")
     p.add_argument("directory", type=Path)
@@ -149,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
                 out=args.out,
                 validate=args.validate,
                 latency_runs=args.latency_runs,
+                calibration=args.calibration,
+                calibration_count=args.calibration_count,
                 registry=args.registry,
                 quiet=args.quiet,
             )

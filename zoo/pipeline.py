@@ -93,6 +93,8 @@ def convert(
     registry: Registry | None = None,
     validate: bool = True,
     latency_runs: int = 30,
+    calibration_dir: Path | None = None,
+    calibration_count: int | None = None,
     progress: Progress = QUIET,
 ) -> Outcome:
     """Convert a registered model for a target, validate every artifact, write outputs atomically."""
@@ -124,6 +126,8 @@ def convert(
             sample_inputs=x,
             metadata=artifact_metadata(model, target, size),
             progress=progress,
+            calibration_dir=calibration_dir,
+            calibration_count=calibration_count,
         )
         upstream: Artifact | None = None
         for step in steps:
@@ -134,6 +138,9 @@ def convert(
                 produced = step.convert(ctx, upstream)
             ctx.artifacts += produced
             upstream = produced[0]
+        for warning in ctx.warnings:
+            progress.say(f"WARNING: {warning}")
+        warnings += ctx.warnings
 
         checks: list[Check] = list(ctx.checks)
         if validate:
