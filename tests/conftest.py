@@ -1,0 +1,46 @@
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+os.environ.pop("ZOO_REGISTRY", None)  # tests see only the registries they ask for
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # "no tests collected" (e.g. a -k filter that matches nothing) is not a failure of the code.
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
+        session.exitstatus = pytest.ExitCode.OK
+
+
+@pytest.fixture(scope="session")
+def registry():
+    from zoo.registry import load_registry
+
+    return load_registry()
+
+
+@pytest.fixture
+def write_registry(tmp_path):
+    """Write a user registry TOML file and return its path."""
+
+    def write(text: str, name: str = "user.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def tiny_models():
+    from zoo.registry import load_registry
+
+    return [s.name for s in load_registry() if s.tags.get("tier") == "tiny"]
+
+
+def ready_targets():
+    from zoo.converters import missing_steps
+    from zoo.targets import load_targets
+
+    return [t.name for t in load_targets().values() if not missing_steps(t)]

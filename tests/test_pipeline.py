@@ -1,0 +1,139 @@
+"""Teacher parity, atomic outputs, and failures that must not look like success."""
+
+import numpy as np
+import pytest
+
+from zoo.checkpoints import sha256_file
+from zoo.errors import ConversionError
+from zoo.fidelity import Fidelity, Status
+from zoo.pipeline import convert
+from zoo.registry import load_registry, spec_from_dict
+
+TEACHER_AND_STUDENT = """
+[models.t]
+role = "teacher"
+architecture = "timm:test_convnext"
+input_size = 64
+head = [16]
+embedding_dim = 16
+embedding_space = "ts-16"
+checkpoint = {{ path = "{teacher}", sha256 = "{teacher_sha}" }}
+
+[models.s]
+role = "student"
+teacher = "t"
+architecture = "timm:test_convnext"
+input_size = 64
+head = [16]
+embedding_dim = 16
+embedding_space = "ts-16"
+{student_ck}
+"""
+
+
+def _registry(tmp_path, student_weights: str):
+    """A trained teacher `t` and a student `s` that is its copy ('same'), another net ('other'), or untrained."""
+    from safetensors.torch import save_file
+
+    from zoo.models import build_model
+
+    def save(name, seed):
+        spec = spec_from_dict(
+            name,
+            dict(
+                role="teacher",
+                architecture="timm:test_convnext",
+                input_size=64,
+                head=[16],
+                embedding_dim=16,
+                embedding_space="ts-16",
+                seed=seed,
+            ),
+        )
+        path = tmp_path / f"{name}.safetensors"
+        save_file({k: v.contiguous() for k, v in build_model(spec).state_dict().items()}, str(path))
+        return path, sha256_file(path)
+
+    teacher, teacher_sha = save("t", 1)
+    student_ck = ""
+    if student_weights == "same":
+        student_ck = f'checkpoint = {{ path = "{teacher}", sha256 = "{teacher_sha}" }}'
+    elif student_weights == "other":
+        path, sha = save("s", 2)
+        student_ck = f'checkpoint = {{ path = "{path}", sha256 = "{sha}" }}'
+    file = tmp_path / "reg.toml"
+    file.write_text(TEACHER_AND_STUDENT.format(teacher=teacher, teacher_sha=teacher_sha, student_ck=student_ck))
+    return load_registry([file])
+
+
+def test_student_matching_its_teacher_passes(tmp_path):
+    outcome = convert("s", "server", out_root=tmp_path / "out", registry=_registry(tmp_path, "same"), latency_runs=20)
+    row = next(c for c in outcome.report.checks if c.name.startswith("parity vs teacher"))
+    assert row.status is Status.PASS and row.fidelity is Fidelity.MEASURED
+    assert row.data["cosine_min"] > 0.9999
+    assert row.data["samples"] == 12  # the real photos only
+    assert not outcome.report.failed
+
+
+@pytest.mark.parametrize("student", ["other", "untrained"])
+def test_student_unlike_its_teacher_fails(tmp_path, student):
+    outcome = convert("s", "server", out_root=tmp_path / "out", registry=_registry(tmp_path, student), latency_runs=20)
+    row = next(c for c in outcome.report.checks if c.name.startswith("parity vs teacher"))
+    assert row.status is Status.FAIL
+    assert row.data["cosine_min"] < 0.95
+    assert outcome.report.failed and outcome.report.verdict == "fail"
+    # parity vs source still passes: the artifact is a faithful copy of a wrong model
+    source = next(c for c in outcome.report.checks if c.name.startswith("parity vs source"))
+    assert source.status is Status.PASS
+
+
+def test_failed_step_leaves_nothing_and_keeps_the_previous_output(tmp_path, monkeypatch):
+    registry = load_registry()
+    first = convert("tiny_vit", "server", out_root=tmp_path, registry=registry, validate=False)
+    before = sha256_file(first.out_dir / "model.onnx")
+
+    from zoo.converters import torch_to_onnx
+
+    def explode(self, ctx, upstream):
+        (ctx.workdir / "model.onnx").write_bytes(b"half a model")
+        raise ConversionError("simulated failure mid-export")
+
+    monkeypatch.setattr(torch_to_onnx.TorchToOnnx, "convert", explode)
+    with pytest.raises(ConversionError):
+        convert("tiny_vit", "server", out_root=tmp_path, registry=registry, validate=False)
+    assert sha256_file(first.out_dir / "model.onnx") == before
+    assert [p.name for p in (tmp_path / "tiny_vit").iterdir()] == ["server"]  # no partial directory left
+
+
+def test_simplification_that_changes_numbers_is_not_used(tmp_path, monkeypatch):
+    import onnxslim
+
+    def bad_slim(model):
+        import copy
+
+        import onnx
+
+        slim = copy.deepcopy(model)
+        for init in slim.graph.initializer:  # corrupt every weight
+            arr = onnx.numpy_helper.to_array(init)
+            if arr.dtype == np.float32 and arr.size > 1:
+                init.CopyFrom(onnx.numpy_helper.from_array(-arr, init.name))
+        return slim
+
+    monkeypatch.setattr(onnxslim, "slim", bad_slim)
+    outcome = convert("tiny_convnext", "server", out_root=tmp_path, registry=load_registry(), latency_runs=20)
+    row = next(c for c in outcome.report.checks if "simplification" in c.name)
+    assert row.status is Status.INFO and row.value < 0.999999
+    source = next(c for c in outcome.report.checks if c.name.startswith("parity vs source"))
+    assert source.status is Status.PASS and source.data["cosine_min"] > 0.9999
+
+
+def test_not_run_never_counts_as_pass():
+    from zoo.fidelity import Check
+    from zoo.report import Report
+
+    report = Report(
+        "m", "t", (Check("a", Status.PASS, Fidelity.MEASURED), Check("b", Status.NOT_RUN, Fidelity.NOT_RUN))
+    )
+    assert report.verdict == "pass (1 check(s) not run)" and report.counts["not run"] == 1
+    assert "NOT RUN" in report.to_markdown()
