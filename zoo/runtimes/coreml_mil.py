@@ -47,17 +47,16 @@ class UnsupportedMilOp(UnsupportedCoreMLModel):
 
 
 def _import_coremltools():
+    # off macOS coremltools logs warnings on import (no native runtime): expected here
+    logger = logging.getLogger("coremltools")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
     try:
-        # coremltools logs warnings on import off macOS (no native runtime); they are expected here
-        logger = logging.getLogger("coremltools")
-        level = logger.level
-        logger.setLevel(logging.ERROR)
-        try:
-            import coremltools
-        finally:
-            logger.setLevel(level)
+        import coremltools
     except ImportError as e:
         raise ImportError(_INSTALL_HINT) from e
+    finally:
+        logger.setLevel(level)
     return coremltools
 
 
@@ -191,40 +190,41 @@ def _conv(x, weight, bias=None, strides=None, pad_type="valid", pad=None, dilati
     return y
 
 
-def _pool_windows(x, kernel_sizes, strides, pad_type, pad, ceil_mode, fill):
+def _pool_setup(x, kernel_sizes, strides, pad_type, pad, ceil_mode):
+    """Kernel, strides and (base, full) pads of a pooling op; full adds the ceil_mode extension."""
     n_sp = x.ndim - 2
-    kernel = _ints(kernel_sizes)
-    strides = _ints(strides, [1] * n_sp)
-    ones = [1] * n_sp
-    pads = _spatial_pads(pad_type, pad, x.shape[2:], kernel, strides, ones, bool(ceil_mode))
+    kernel, strides, ones = _ints(kernel_sizes), _ints(strides, [1] * n_sp), [1] * n_sp
+    base = _spatial_pads(pad_type, pad, x.shape[2:], kernel, strides, ones)
+    full = _spatial_pads(pad_type, pad, x.shape[2:], kernel, strides, ones, bool(ceil_mode))
+    return kernel, strides, base, full
+
+
+def _pooled(x, kernel, strides, pads, fill, reduce):
     x = np.pad(x, [(0, 0), (0, 0), *pads], constant_values=fill)
-    axes = tuple(range(-n_sp, 0))
-    return _windows(x, kernel, strides, ones), axes, pads
+    win = _windows(x, kernel, strides, [1] * len(kernel))
+    return reduce(win, axis=tuple(range(-len(kernel), 0)))
 
 
 def _max_pool(x, kernel_sizes, strides=None, pad_type="valid", pad=None, ceil_mode=False):
-    win, axes, _ = _pool_windows(x, kernel_sizes, strides, pad_type, pad, ceil_mode, -np.inf)
-    return win.max(axis=axes)
+    kernel, strides, _, full = _pool_setup(x, kernel_sizes, strides, pad_type, pad, ceil_mode)
+    return _pooled(x, kernel, strides, full, -np.inf, np.max)
 
 
 def _avg_pool(
     x, kernel_sizes, strides=None, pad_type="valid", pad=None, exclude_padding_from_average=False, ceil_mode=False
 ):
-    win, axes, pads = _pool_windows(x, kernel_sizes, strides, pad_type, pad, ceil_mode, 0.0)
-    # divide by how many counted cells each window covers: the input, plus the explicit
-    # padding unless it is excluded; the ceil_mode extension never counts
+    kernel, strides, base, full = _pool_setup(x, kernel_sizes, strides, pad_type, pad, ceil_mode)
+    total = _pooled(x, kernel, strides, full, 0.0, np.sum)
+    # divide by the cells each window counts: the input, plus the explicit padding unless it
+    # is excluded; the ceil_mode extension never counts (as in PyTorch)
     counted = np.ones((1, 1, *x.shape[2:]), np.float32)
-    if not exclude_padding_from_average:
-        base = _spatial_pads(
-            pad_type, pad, x.shape[2:], _ints(kernel_sizes), _ints(strides, [1] * (x.ndim - 2)), [1] * (x.ndim - 2)
-        )
-        counted = np.pad(counted, [(0, 0), (0, 0), *base], constant_values=1.0)
-        extra = [(0, after - b_after) for (_, after), (_, b_after) in zip(pads, base)]
+    if exclude_padding_from_average:
+        not_counted = full
     else:
-        extra = pads
-    counted = np.pad(counted, [(0, 0), (0, 0), *extra])
-    count_win, _, _ = _pool_windows(counted, kernel_sizes, strides, "valid", None, False, 0.0)
-    return win.sum(axis=axes) / count_win.sum(axis=axes)
+        counted = np.pad(counted, [(0, 0), (0, 0), *base], constant_values=1.0)
+        not_counted = [(0, f_after - b_after) for (_, f_after), (_, b_after) in zip(full, base)]
+    count = _pooled(counted, kernel, strides, not_counted, 0.0, np.sum)
+    return total / count
 
 
 def _linear(x, weight, bias=None):
@@ -317,8 +317,9 @@ def _scaled_dot_product_attention(query, key, value, attn_mask=None):
 
 
 def _cast(x, dtype):
-    # the executor converts every op result to the dtype the program declares for it
-    return np.asarray(x).astype(_NP_DTYPES[str(dtype)])
+    # the executor stores every result in the dtype the program declares for it
+    # (fp16 only when emulating), which is all a cast does
+    return x
 
 
 def _const(val):
@@ -353,6 +354,8 @@ def _tile(x, reps):
 
 
 def _concat(values, axis, interleave=False):
+    # scalars concatenate as 1-element vectors (shape arithmetic of dynamic-shape programs)
+    values = [np.atleast_1d(v) for v in values]
     axis = int(axis)
     if not interleave:
         return np.concatenate(values, axis=axis)
@@ -395,8 +398,8 @@ def _slice_by_index(x, begin, end, stride=None, begin_mask=None, end_mask=None, 
 
 
 def _slice_by_size(x, begin, size):
-    begin, size = _ints(begin), _ints(size)
-    index = tuple(slice(b, None if s == -1 else b + s) for b, s in zip(begin, size))
+    begin = [b % d for b, d in zip(_ints(begin), x.shape)]
+    index = tuple(slice(b, None if s == -1 else b + s) for b, s in zip(begin, _ints(size)))
     return x[index]
 
 
@@ -444,8 +447,8 @@ def _constexpr_affine_dequantize(quantized_data, zero_point, scale, axis):
     return (quantized_data.astype(np.float32) - np.float32(zp)) * sc
 
 
-def _constexpr_cast(source, output_dtype):
-    return _cast(source, output_dtype)
+def _constexpr_cast(source_val, output_dtype):
+    return _cast(source_val, output_dtype)
 
 
 def _unary(fn: Callable) -> Callable:
@@ -652,7 +655,6 @@ class MilExecutor:
     """
 
     def __init__(self, program, *, emulate_fp16: bool):
-        _import_coremltools()
         name = getattr(program, "default_function_name", "main")
         self.function = program.functions[name]
         self.emulate_fp16 = emulate_fp16
