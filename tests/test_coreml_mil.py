@@ -216,8 +216,12 @@ CASES = {
     ),
     "slice_by_index": (
         lambda x: mb.slice_by_index(
-            x=x, begin=[0, 1, 0, 2], end=[0, 4, 9, -1], stride=[1, 2, 3, 1],
-            begin_mask=[False, False, True, False], squeeze_mask=[True, False, False, False],
+            x=x,
+            begin=[0, 1, 0, 2],
+            end=[0, 4, 9, -1],
+            stride=[1, 2, 3, 1],
+            begin_mask=[False, False, True, False],
+            squeeze_mask=[True, False, False, False],
         ),
         lambda x: t(x)[0, 1:4:2, ::3, 2:-1],
         [X4],
@@ -268,8 +272,9 @@ CASES = {
         [X4],
     ),
     "max_pool_ceil": (
-        lambda x: mb.max_pool(x=x, kernel_sizes=[3, 3], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1],
-                              ceil_mode=True),
+        lambda x: mb.max_pool(
+            x=x, kernel_sizes=[3, 3], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1], ceil_mode=True
+        ),
         lambda x: F.max_pool2d(t(x), 3, 2, padding=1, ceil_mode=True),
         [X4],
     ),
@@ -279,14 +284,22 @@ CASES = {
         [X4],
     ),
     "avg_pool_exclude_pad_ceil": (
-        lambda x: mb.avg_pool(x=x, kernel_sizes=[3, 3], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1],
-                              exclude_padding_from_average=True, ceil_mode=True),
+        lambda x: mb.avg_pool(
+            x=x,
+            kernel_sizes=[3, 3],
+            strides=[2, 2],
+            pad_type="custom",
+            pad=[1, 1, 1, 1],
+            exclude_padding_from_average=True,
+            ceil_mode=True,
+        ),
         lambda x: F.avg_pool2d(t(x), 3, 2, padding=1, ceil_mode=True, count_include_pad=False),
         [X4],
     ),
     "avg_pool_ceil_count_pad": (
-        lambda x: mb.avg_pool(x=x, kernel_sizes=[2, 2], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1],
-                              ceil_mode=True),
+        lambda x: mb.avg_pool(
+            x=x, kernel_sizes=[2, 2], strides=[2, 2], pad_type="custom", pad=[1, 1, 1, 1], ceil_mode=True
+        ),
         lambda x: F.avg_pool2d(t(x), 2, 2, padding=1, ceil_mode=True, count_include_pad=True),
         [X4],
     ),
@@ -336,7 +349,8 @@ CASES.update(
         "compare_select": (
             lambda x, y: mb.select(
                 cond=mb.logical_or(x=mb.less(x=x, y=y), y=mb.logical_not(x=mb.greater_equal(x=x, y=y))),
-                a=x, b=mb.real_div(x=y, y=np.float32(2.0)),
+                a=x,
+                b=mb.real_div(x=y, y=np.float32(2.0)),
             ),
             lambda x, y: np.where(x < y, x, y / 2),
             [A, rand(3, 4, 5)],

@@ -66,25 +66,17 @@ def _registry(tmp_path, student_weights: str):
     return load_registry([file])
 
 
-def test_student_matching_its_teacher_passes(tmp_path):
-    outcome = convert("s", "server", out_root=tmp_path / "out", registry=_registry(tmp_path, "same"), latency_runs=20)
-    row = next(c for c in outcome.report.checks if c.name.startswith("parity vs teacher"))
-    assert row.status is Status.PASS and row.fidelity is Fidelity.MEASURED
-    assert row.data["cosine_min"] > 0.9999
-    assert row.data["samples"] == 12  # the real photos only
-    assert not outcome.report.failed
-
-
-@pytest.mark.parametrize("student", ["other", "untrained"])
-def test_student_unlike_its_teacher_fails(tmp_path, student):
+@pytest.mark.parametrize("student", ["same", "other", "untrained"])
+def test_teacher_that_separates_nothing_makes_teacher_parity_not_meaningful(tmp_path, student):
+    """A 'trained' teacher with random weights: parity against it would mean nothing (the vacuity guard)."""
     outcome = convert("s", "server", out_root=tmp_path / "out", registry=_registry(tmp_path, student), latency_runs=20)
     row = next(c for c in outcome.report.checks if c.name.startswith("parity vs teacher"))
-    assert row.status is Status.FAIL
-    assert row.data["cosine_min"] < 0.95
-    assert outcome.report.failed and outcome.report.verdict == "fail"
-    # parity vs source still passes: the artifact is a faithful copy of a wrong model
-    source = next(c for c in outcome.report.checks if c.name.startswith("parity vs source"))
-    assert source.status is Status.PASS
+    assert row.status is Status.NOT_RUN
+    assert "not meaningful" in row.detail and "teacher top-1" in row.detail
+    if student == "same":
+        assert row.data["cosine_min"] > 0.9999  # the number is still shown, it just does not pass
+    assert not any(c.name.startswith("retrieval") for c in outcome.report.checks)
+    assert outcome.report.verdict.startswith("pass (") and "not run" in outcome.report.verdict
 
 
 def test_failed_step_leaves_nothing_and_keeps_the_previous_output(tmp_path, monkeypatch):
