@@ -6,12 +6,13 @@ Exit codes: 0 ok, 1 a check failed, 2 usage error, 3 conversion failed.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 from pathlib import Path
 
 from zoo import __version__
-from zoo.errors import EXIT_CHECK_FAILED, EXIT_OK, EXIT_USAGE, ZooError
+from zoo.errors import EXIT_CHECK_FAILED, EXIT_OK, ZooError
 from zoo.progress import Progress
 
 
@@ -101,6 +102,243 @@ def cmd_validate(*, directory: Path, latency_runs: int, quiet: bool) -> int:
     return EXIT_CHECK_FAILED if outcome.report.failed else EXIT_OK
 
 
+def cmd_distill(
+    *,
+    teacher: str,
+    student: str,
+    images: Path | None,
+    epochs: int,
+    out: Path | None,
+    register: Path,
+    seed: int,
+    registry: list[Path],
+    quiet: bool,
+) -> int:
+    from zoo.distillation import distill_and_register
+    from zoo.registry import load_registry
+
+    reg = load_registry(registry)
+    out = out or Path("checkpoints") / f"{student}.safetensors"
+    result = distill_and_register(
+        reg.get(teacher),
+        reg.get(student),
+        out=out,
+        register=register,
+        images_dir=images,
+        epochs=epochs,
+        seed=seed,
+        show_progress=not quiet,
+    )
+    card = result.card
+    before, after = card["heldout_cosine_vs_teacher_before"], card["heldout_cosine_vs_teacher_after"]
+    print(
+        f"{student} ← {teacher}: {epochs} epochs in {card['seconds']} s; loss {card['loss_first_epoch']} → "
+        f"{card['loss_final']}"
+    )
+    print(
+        f"held-out cosine vs teacher (min / mean): {before['min']:.4f} / {before['mean']:.4f} → "
+        f"{after['min']:.4f} / {after['mean']:.4f}"
+    )
+    print(f"checkpoint {out} (sha256 {card['checkpoint_sha256'][:16]}…), model card {out.with_suffix('.md')}")
+    print(f"registered as {student!r} in {register} (use: --registry {register})")
+    return EXIT_OK
+
+
+def cmd_reference_build(*, out: Path, registry: list[Path], quiet: bool) -> int:
+    from zoo.distillation import build_reference, compare_with_shipped
+    from zoo.registry import load_registry
+
+    reg = load_registry(registry)
+    results = build_reference(out, reg, show_progress=not quiet)
+    rows = [("model", "seconds", "identical to shipped", "max |Δweight|", "held-out")]
+    for result, cmp in zip(results, compare_with_shipped(results, reg)):
+        card = result.card
+        heldout = card.get("heldout_cosine_vs_teacher_after") or card.get("heldout_identity_metrics", {})
+        figure = (
+            f"cos vs teacher min {heldout['min']:.4f}"
+            if "min" in heldout
+            else f"top-1 {heldout.get('top1_clean', 0):.1%}"
+        )
+        diff = "—" if cmp["max_abs_weight_diff"] is None else f"{cmp['max_abs_weight_diff']:.2e}"
+        rows.append((cmp["model"], str(card["seconds"]), "yes" if cmp["identical"] else "no", diff, figure))
+    _print_table(rows)
+    print(f"rebuilt checkpoints and registry: {out}/registry.toml")
+    return EXIT_OK
+
+
+def cmd_hailo(*, action: str, path: Path, quiet: bool) -> int:
+    """`zoo hailo compile BUNDLE` (on a DFC host) and `zoo hailo preflight MODEL.onnx`."""
+    if action == "compile":
+        from zoo.hailo.bundle import compile_bundle
+
+        outcome = compile_bundle(path, progress=Progress(enabled=not quiet))
+        print(outcome.report.to_terminal())
+        print(f"model.hef and manifest: {outcome.directory} (on the device: zoo validate {outcome.directory})")
+        return EXIT_CHECK_FAILED if outcome.report.failed else EXIT_OK
+    import onnx
+
+    from zoo.hailo.ops import preflight
+
+    report = preflight(onnx.load(str(path), load_external_data=False))
+    print(", ".join(f"{op}×{n}" for op, n in report.op_counts.items()))
+    if not report.ok:
+        raise report.error(str(path))
+    print(f"{path}: every op is in zoo's Hailo DFC table (hailo8l); end node(s): {', '.join(report.output_nodes)}")
+    return EXIT_OK
+
+
+def cmd_package(
+    *,
+    consumer: str,
+    package_version: str,
+    models: list[str],
+    targets: list[str],
+    outputs: Path,
+    out: Path,
+    name: str | None,
+    detector: Path | None,
+    allow_untrained: bool,
+    golden: int,
+    download_url: str | None,
+    quiet: bool,
+) -> int:
+    from zoo.packaging.package import build_package
+
+    outcome = build_package(
+        consumer=consumer,
+        version=package_version,
+        outputs=outputs,
+        models=models,
+        targets=targets,
+        out=out,
+        name=name,
+        detector=detector,
+        allow_untrained=allow_untrained,
+        golden_count=golden,
+        download_url=download_url,
+        progress=Progress(enabled=not quiet),
+    )
+    for warning in outcome.manifest["warnings"]:
+        print(f"WARNING: {warning}")
+    print(f"package {outcome.name}:{outcome.version} ({consumer}): {outcome.directory}")
+    print(f"archive {outcome.archive} sha256 {outcome.sha256}")
+    for extra in outcome.extras:
+        print(f"pinned snippet {extra}")
+    return EXIT_OK
+
+
+def cmd_verify(*, package: Path, quiet: bool) -> int:
+    from zoo.packaging.verify import verify_package
+
+    report = verify_package(package, progress=Progress(enabled=not quiet))
+    print(report.to_terminal())
+    return EXIT_CHECK_FAILED if report.failed else EXIT_OK
+
+
+def cmd_publish(*, package: Path, store: str, quiet: bool) -> int:
+    from zoo.packaging.store import publish
+
+    published = publish(package, store, progress=Progress(enabled=not quiet))
+    state = "already published (identical)" if published.already_there else "published"
+    print(f"{state}: {published.location} sha256 {published.sha256}")
+    return EXIT_OK
+
+
+def cmd_pull(*, ref: str, store: str, dest: Path, sha256: str | None, force: bool, quiet: bool) -> int:
+    from zoo.packaging.store import pull
+
+    pulled = pull(ref, store, dest, expected_sha256=sha256, force=force, progress=Progress(enabled=not quiet))
+    print(
+        f"pulled {pulled.name}:{pulled.version} from {pulled.location} into {pulled.destination}: "
+        f"archive sha256 {pulled.sha256}, {pulled.files} files match SHA256SUMS"
+    )
+    return EXIT_OK
+
+
+def cmd_matrix(
+    *,
+    models: list[str],
+    targets: list[str],
+    tier: str | None,
+    outputs: Path,
+    convert: bool,
+    report_dir: Path,
+    fail_on: str,
+    latency_runs: int,
+    registry: list[Path],
+    quiet: bool,
+) -> int:
+    from zoo.matrix import collect, write_reports
+
+    matrix = collect(
+        models=models,
+        targets=targets,
+        tier=tier,
+        outputs=outputs,
+        convert=convert,
+        latency_runs=latency_runs,
+        registry_paths=registry,
+        progress=Progress(enabled=not quiet),
+    )
+    rows = [("model", *matrix.targets)]
+    for model in matrix.models:
+        rows.append((model, *(matrix.cell(model, t).label for t in matrix.targets)))
+    _print_table(rows)
+    for kind, path in write_reports(matrix, report_dir).items():
+        print(f"{kind}: {path}")
+    return EXIT_CHECK_FAILED if matrix.should_fail(fail_on) else EXIT_OK
+
+
+def _add_packaging_parsers(sub, common: argparse.ArgumentParser) -> None:
+    """`zoo package`, `verify`, `publish`, `pull` and `matrix`."""
+    store_help = (
+        "folder, file://PATH, oci://HOST/NAMESPACE or oci+http://HOST:PORT/NAMESPACE (default: $ZOO_STORE or zoo-store)"
+    )
+    store_default = os.environ.get("ZOO_STORE") or "zoo-store"
+
+    p = sub.add_parser("package", parents=[common], help="package validated outputs for an app (immich, ios, android)")
+    p.set_defaults(handler=cmd_package)
+    p.add_argument("--consumer", required=True, choices=["immich", "ios", "android"])
+    p.add_argument("--version", required=True, dest="package_version", metavar="V")
+    p.add_argument("--models", nargs="+", default=[], metavar="MODEL", help="default: every model with outputs")
+    p.add_argument("--targets", nargs="+", default=[], metavar="TARGET", help="default: the consumer's targets")
+    p.add_argument("--outputs", type=Path, default=Path("out"), help="output root of `zoo convert` (default: out/)")
+    p.add_argument("--out", type=Path, default=Path("dist"), help="where the package goes (default: dist/)")
+    p.add_argument("--name", help="package name (default: <models>-<consumer>)")
+    p.add_argument("--detector", type=Path, metavar="ONNX", help="immich: a detector ONNX for detection/model.onnx")
+    p.add_argument("--allow-untrained", action="store_true", help="package untrained weights (flagged loudly)")
+    p.add_argument("--golden", type=int, default=3, metavar="N", help="golden inputs per model (default: 3)")
+    p.add_argument("--download-url", metavar="URL", help="android: the archive's URL, for the pinned Gradle snippet")
+
+    p = sub.add_parser("verify", parents=[common], help="re-hash a package and run its golden inputs")
+    p.set_defaults(handler=cmd_verify)
+    p.add_argument("package", type=Path, help="a package folder or its .tar.gz")
+
+    p = sub.add_parser("publish", parents=[common], help="put a package into a store")
+    p.set_defaults(handler=cmd_publish)
+    p.add_argument("package", type=Path, help="a package folder (with its .tar.gz beside it) or the .tar.gz")
+    p.add_argument("--store", default=store_default, help=store_help)
+
+    p = sub.add_parser("pull", parents=[common], help="fetch NAME:VERSION, verify every hash, then write DIR")
+    p.set_defaults(handler=cmd_pull)
+    p.add_argument("ref", metavar="NAME:VERSION")
+    p.add_argument("--store", default=store_default, help=store_help)
+    p.add_argument("--dest", type=Path, required=True, metavar="DIR")
+    p.add_argument("--sha256", metavar="HEX", help="pin the archive's sha256")
+    p.add_argument("--force", action="store_true", help="replace DIR if it exists")
+
+    p = sub.add_parser("matrix", parents=[common], help="models × targets: JSON, Markdown, JUnit and HTML reports")
+    p.set_defaults(handler=cmd_matrix)
+    p.add_argument("--models", nargs="+", default=[], metavar="MODEL")
+    p.add_argument("--targets", nargs="+", default=[], metavar="TARGET")
+    p.add_argument("--tier", help="add every model with this tier tag (e.g. tiny)")
+    p.add_argument("--outputs", type=Path, default=Path("out"), help="output root (default: out/)")
+    p.add_argument("--convert", action="store_true", help="convert the cells that have no output directory")
+    p.add_argument("--report-dir", type=Path, default=Path("zoo-reports"), help="default: zoo-reports/")
+    p.add_argument("--fail-on", choices=["fail", "not-run", "never"], default="fail")
+    p.add_argument("--latency-runs", type=int, default=30)
+
+
 def _print_table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
@@ -127,12 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", parents=[common], help="list registered models or targets")
+    p.set_defaults(handler=cmd_list)
     p.add_argument("what", choices=["models", "targets"])
 
     p = sub.add_parser("show", parents=[common], help="show one model's spec")
+    p.set_defaults(handler=cmd_show)
     p.add_argument("model")
 
     p = sub.add_parser("convert", parents=[common], help="convert a model for a target, validate, report")
+    p.set_defaults(handler=cmd_convert)
     p.add_argument("--model", required=True)
     p.add_argument("--target", required=True)
     p.add_argument("--out", type=Path, default=Path("out"), help="output root (default: out/)")
@@ -143,9 +384,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--calibration-count", type=int, metavar="N", help="how many calibration images to use")
 
+    p = sub.add_parser("distill", parents=[common], help="distil a student from a trained teacher")
+    p.set_defaults(handler=cmd_distill)
+    p.add_argument("--teacher", required=True)
+    p.add_argument("--student", required=True)
+    p.add_argument("--images", type=Path, metavar="DIR", help="training images (default: the reference identity task)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument(
+        "--out", type=Path, metavar="CKPT", help="checkpoint path (default: checkpoints/STUDENT.safetensors)"
+    )
+    p.add_argument(
+        "--register",
+        type=Path,
+        default=Path("zoo-registry.toml"),
+        metavar="FILE",
+        help="user registry file the result is written to (default: zoo-registry.toml)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("reference", parents=[common], help="the reference models")
+    p.set_defaults(handler=cmd_reference_build)
+    p.add_argument("action", choices=["build"])
+    p.add_argument("--out", type=Path, default=Path("build/reference"), help="where rebuilt checkpoints go")
+
+    p = sub.add_parser("hailo", parents=[common], help="Hailo-8L: compile a bundle (DFC host), pre-flight an ONNX")
+    p.set_defaults(handler=cmd_hailo)
+    p.add_argument("action", choices=["compile", "preflight"])
+    p.add_argument("path", type=Path, help="compile: a bundle from `zoo convert --target hailo8l`; preflight: an .onnx")
+
     p = sub.add_parser("validate", parents=[common], help="re-validate an output directory")
+    p.set_defaults(handler=cmd_validate)
     p.add_argument("directory", type=Path)
     p.add_argument("--latency-runs", type=int, default=30)
+    _add_packaging_parsers(sub, common)
     return parser
 
 
@@ -153,24 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.command == "list":
-            return cmd_list(what=args.what, registry=args.registry)
-        if args.command == "show":
-            return cmd_show(model=args.model, registry=args.registry)
-        if args.command == "convert":
-            return cmd_convert(
-                model=args.model,
-                target=args.target,
-                out=args.out,
-                validate=args.validate,
-                latency_runs=args.latency_runs,
-                calibration=args.calibration,
-                calibration_count=args.calibration_count,
-                registry=args.registry,
-                quiet=args.quiet,
-            )
-        if args.command == "validate":
-            return cmd_validate(directory=args.directory, latency_runs=args.latency_runs, quiet=args.quiet)
+        return _call(args.handler, args)
     except ZooError as exc:
         if args.traceback or os.environ.get("ZOO_TRACEBACK"):
             raise
@@ -181,4 +435,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zoo: interrupted; nothing was written under the final output name", file=sys.stderr)
         return 130
-    return EXIT_USAGE
+
+
+def _call(handler, args: argparse.Namespace) -> int:
+    """Call a command with the parsed options its signature names (the CLI stays wiring only)."""
+    params = inspect.signature(handler).parameters
+    return handler(**{name: getattr(args, name) for name in params})

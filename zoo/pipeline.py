@@ -47,8 +47,8 @@ def embed_torch(model, x: np.ndarray, batch: int = 8) -> np.ndarray:
     return np.concatenate(outs).astype(np.float32)
 
 
-def teacher_reference(model: ModelSpec, teacher: ModelSpec | None, progress: Progress) -> tuple:
-    """(teacher embeddings of the photos, reason when not applicable)."""
+def teacher_reference(model: ModelSpec, teacher: ModelSpec | None, size: int, progress: Progress) -> tuple:
+    """(TeacherReference, "") or (None, why teacher parity is not applicable)."""
     if model.role == "teacher":
         return None, "the model is a teacher"
     if teacher is None:
@@ -60,12 +60,23 @@ def teacher_reference(model: ModelSpec, teacher: ModelSpec | None, progress: Pro
             f"teacher {teacher.name} embeds into {teacher.embedding_space} ({teacher.embedding_dim}-d), "
             f"the model into {model.embedding_space} ({model.embedding_dim}-d)"
         )
+    from zoo.identity_task import eval_set
     from zoo.models import build_model
+    from zoo.training import embed
+    from zoo.validators import TeacherReference
+    from zoo.validators.acceptance import identity_metrics, separates
 
-    with progress.step(f"running teacher {teacher.name} (torch) on the reference photos"):
-        photos = [image for _, image in reference_photos()]
-        x = preprocess(photos, teacher.input_size, teacher.mean, teacher.std)
-        return embed_torch(build_model(teacher), x, batch=2), ""
+    with progress.step(f"running teacher {teacher.name} (torch) on the reference identity task"):
+        ev = eval_set()
+        net = build_model(teacher)
+        gallery = embed(net, ev.gallery, teacher)
+        views = embed(net, ev.views, teacher)
+        metrics = identity_metrics(gallery, views, ev.labels, ev.conditions)
+        meaningful, separation = separates(metrics)
+    inputs = preprocess(list(ev.views), size, model.mean, model.std)
+    return TeacherReference(
+        teacher.name, inputs, ev.labels, ev.conditions, views, gallery, meaningful, separation, metrics
+    ), ""
 
 
 def _source_reference(model: ModelSpec, torch_model, x: np.ndarray) -> tuple[np.ndarray, str]:
@@ -113,7 +124,6 @@ def convert(
         with progress.step(f"building {model.name} ({model.architecture}, {size} px, {model.weights_label})"):
             torch_model = build_model(model)
     x, labels = parity_inputs(size, model.mean, model.std)
-    photo_count = len(reference_photos())
 
     out_dir = Path(out_root) / model.name / target.name
     with staged_directory(out_dir) as work:
@@ -144,20 +154,8 @@ def convert(
 
         checks: list[Check] = list(ctx.checks)
         if validate:
-            source, source_label = _source_reference(model, torch_model, x)
-            teacher_out, reason = teacher_reference(model, teacher, progress)
-            refs = References(
-                x,
-                tuple(labels),
-                photo_count,
-                source,
-                source_label,
-                teacher_out,
-                reason,
-                teacher.name if teacher else "",
-            )
-            checks += validate_artifacts(
-                model, target, work, ctx.artifacts, refs, latency_runs=latency_runs, progress=progress
+            checks += _validate(
+                model, teacher, target, x, labels, torch_model, work, ctx.artifacts, latency_runs, progress
             )
         report = Report(
             model=model.name,
@@ -173,6 +171,35 @@ def convert(
         write_text_atomic(work / "report.json", report.to_json())
         write_text_atomic(work / "report.md", report.to_markdown())
     return Outcome(out_dir, report)
+
+
+def _validate(model, teacher, target, x, labels, torch_model, out_dir, artifacts, latency_runs, progress):
+    """Every artifact against the source model (real photos + random inputs) and, where it means
+    something, against the teacher on the reference identity task."""
+    source, source_label = _source_reference(model, torch_model, x)
+    teacher_ref, reason = teacher_reference(model, teacher, x.shape[-1], progress)
+    refs = References(x, tuple(labels), len(reference_photos()), source, source_label, teacher_ref, reason)
+    rows = [] if teacher_ref is None else [_separation_check(teacher_ref)]
+    return rows + validate_artifacts(
+        model, target, out_dir, artifacts, refs, latency_runs=latency_runs, progress=progress
+    )
+
+
+def _separation_check(teacher_ref) -> Check:
+    """How well the teacher separates the reference identities: the vacuity guard, shown in the report."""
+    m = teacher_ref.metrics
+    return Check(
+        f"teacher {teacher_ref.name} separates identities (vacuity guard)",
+        Status.PASS if teacher_ref.meaningful else Status.INFO,
+        Fidelity.MEASURED,
+        value=round(m["top1_clean"], 4),
+        threshold="top-1 ≥ 95 %, same p5 > 0.8, different p95 < 0.5",
+        artifact="teacher (torch)",
+        detail=teacher_ref.separation
+        + ("" if teacher_ref.meaningful else "; NOT meaningful: teacher parity is not run")
+        + f"; unknown rejected {m.get('unknown_rejected', float('nan')):.0%}",
+        data=m,
+    )
 
 
 def _report_info(model: ModelSpec, target: TargetSpec, size: int, runtime, x: np.ndarray) -> dict:
@@ -258,21 +285,7 @@ def validate_dir(out_dir: Path, *, latency_runs: int = 30, progress: Progress = 
             torch_model = build_model(model)
     x, labels = parity_inputs(size, model.mean, model.std)
     if checks[0].status is Status.PASS:
-        source, source_label = _source_reference(model, torch_model, x)
-        teacher_out, reason = teacher_reference(model, teacher, progress)
-        refs = References(
-            x,
-            tuple(labels),
-            len(reference_photos()),
-            source,
-            source_label,
-            teacher_out,
-            reason,
-            teacher.name if teacher else "",
-        )
-        checks += validate_artifacts(
-            model, target, out_dir, artifacts, refs, latency_runs=latency_runs, progress=progress
-        )
+        checks += _validate(model, teacher, target, x, labels, torch_model, out_dir, artifacts, latency_runs, progress)
     report = Report(
         model.name,
         target.name,

@@ -228,3 +228,57 @@ def load_registry(extra_paths: Sequence[Path | str] = ()) -> Registry:
             registry.add_file(file)
     registry.check_teachers()
     return registry
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def spec_to_toml(spec: ModelSpec, *, override: bool = False, relative_to: Path | None = None) -> str:
+    """One `[models.NAME]` table; checkpoint paths relative to `relative_to` when given."""
+    d = spec.to_dict()
+    name = d.pop("name")
+    d.pop("source")
+    if d.get("checkpoint") and relative_to is not None:
+        path = Path(d["checkpoint"]["path"])
+        try:
+            d["checkpoint"]["path"] = str(path.resolve().relative_to(Path(relative_to).resolve()))
+        except ValueError:
+            pass
+    lines = [f"[models.{name}]"]
+    if override:
+        lines.append("override = true")
+    for key, value in d.items():
+        if value is None or value == {} or value == "" or (key == "seed" and value == 0):
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def upsert_registry_file(path: Path, spec: ModelSpec, *, override: bool = False) -> None:
+    """Add (or replace) one model's table in a user registry file, atomically."""
+    import os
+
+    path = Path(path)
+    tables: dict[str, str] = {}
+    if path.exists():
+        current = tomllib.loads(path.read_text())
+        for name, table in current.get("models", {}).items():
+            if name != spec.name:
+                tables[name] = spec_to_toml(
+                    spec_from_dict(name, table, path), override=bool(table.get("override")), relative_to=path.parent
+                )
+    tables[spec.name] = spec_to_toml(spec, override=override, relative_to=path.parent)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text("# zoo model registry (written by zoo)\n\n" + "\n".join(tables[n] for n in sorted(tables)))
+    os.replace(tmp, path)

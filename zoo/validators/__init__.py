@@ -17,7 +17,22 @@ from zoo.progress import QUIET, Progress
 from zoo.registry import ModelSpec
 from zoo.runtimes import Runtime, get_runtime, run_in_batches
 from zoo.targets import TargetSpec
-from zoo.validators import checks, latency
+from zoo.validators import acceptance, checks, latency, timing
+
+
+@dataclass(frozen=True)
+class TeacherReference:
+    """The trained teacher on the reference identity task's held-out views."""
+
+    name: str
+    inputs: np.ndarray  # the views, preprocessed for the artifact (its size, mean/std), NCHW
+    labels: np.ndarray  # identity per view, -1 for unknown images
+    conditions: tuple[str, ...]
+    view_embeddings: np.ndarray  # the teacher's embeddings of the same views (its own size)
+    gallery: np.ndarray  # the teacher's embedding of each identity's canonical view
+    meaningful: bool  # the vacuity guard: the teacher separates identities
+    separation: str  # the guard's figures, in words
+    metrics: dict  # the teacher's own acceptance figures
 
 
 @dataclass(frozen=True)
@@ -29,9 +44,8 @@ class References:
     photo_count: int
     source: np.ndarray  # the source model's embeddings of `inputs`
     source_label: str  # e.g. "torch fp32"
-    teacher: np.ndarray | None  # the teacher's embeddings of the photos (its own size and preprocessing)
+    teacher: TeacherReference | None  # None when teacher parity is not applicable
     teacher_reason: str  # why teacher parity is not applicable, when teacher is None
-    teacher_name: str = ""
 
 
 def runtime_for(artifact: Artifact, target: TargetSpec) -> Runtime:
@@ -128,17 +142,43 @@ def validate_one(
     if refs.teacher is None:
         rows.append(checks.not_applicable("parity vs teacher", refs.teacher_reason, name))
     else:
-        rows.append(
-            checks.parity(
-                f"parity vs teacher ({refs.teacher_name}, torch)",
-                refs.teacher,
-                out[: refs.photo_count],
-                target.min_cosine_vs_teacher,
-                fid,
-                name,
-                detail=f"{refs.photo_count} photos",
-            )
-        )
+        rows += teacher_checks(target, artifact, session, refs.teacher, fid)
+    if not getattr(runtime, "measures_latency", True):  # an emulation's speed is not the device's
+        return rows
     stats = latency.measure(session, refs.inputs.shape[-1], runs=latency_runs)
     rows += latency.latency_checks(stats, target, fid, name)
+    rows += timing.extra_timing_checks(session, target, fid, name, refs.inputs.shape[-1], latency_runs)
     return rows
+
+
+def teacher_checks(target: TargetSpec, artifact: Artifact, session, teacher: TeacherReference, fid) -> list[Check]:
+    """Parity vs the teacher on held-out views, and the product's acceptance numbers, unless the
+    teacher itself does not separate identities (then they would mean nothing: not run)."""
+    out = run_in_batches(session, teacher.inputs)
+    if artifact.host_l2_normalize:
+        out = _l2(out)
+    name = artifact.name
+    parity_row = checks.parity(
+        f"parity vs teacher ({teacher.name}, torch)",
+        teacher.view_embeddings,
+        out,
+        target.min_cosine_vs_teacher,
+        fid,
+        name,
+        detail=f"held-out views of the reference identity task ({len(out)}: clean, occluded, glare, unknown)",
+    )
+    if not teacher.meaningful:
+        return [
+            Check(
+                parity_row.name,
+                Status.NOT_RUN,
+                fid,
+                parity_row.value,
+                parity_row.threshold,
+                name,
+                f"not meaningful: the teacher does not separate identities ({teacher.separation})",
+                parity_row.data,
+            )
+        ]
+    metrics = acceptance.identity_metrics(teacher.gallery, out, teacher.labels, teacher.conditions)
+    return [parity_row, *acceptance.acceptance_checks(metrics, fid, name)]

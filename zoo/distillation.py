@@ -1,0 +1,188 @@
+"""`zoo distill` and `zoo reference build`: train, write safetensors + a model card, register."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from zoo.checkpoints import sha256_file
+from zoo.registry import Checkpoint, ModelSpec, Registry, upsert_registry_file
+
+REFERENCE_DIR = Path(__file__).parent / "reference_models"
+REFERENCE_WEIGHTS = REFERENCE_DIR / "weights"
+REFERENCE_REGISTRY = REFERENCE_DIR / "reference.toml"
+REFERENCE_TEACHER = "ref_teacher"
+REFERENCE_STUDENTS = ("ref_convnext", "ref_vit", "ref_efficientnet")
+# The recipes the shipped reference checkpoints were trained with.
+TEACHER_RECIPE = {"epochs": 60, "views_per_identity": 32, "seed": 0}
+STUDENT_RECIPE = {"epochs": 30, "views_per_image": 48, "seed": 0}
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    spec: ModelSpec  # with its new checkpoint
+    card: dict
+
+
+def save_weights(model, path: Path) -> str:
+    """Write a safetensors file atomically; returns its sha256."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    save_file(
+        {k: v.detach().contiguous() for k, v in model.state_dict().items()},
+        str(tmp),
+        metadata={"format": "pt", "producer": "zoo"},
+    )
+    os.replace(tmp, path)
+    return sha256_file(path)
+
+
+def _write_card(path: Path, card: dict) -> None:
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    lines = [f"# {card['model']}", "", card.get("summary", ""), ""]
+    for key, value in card.items():
+        if key not in ("model", "summary"):
+            lines.append(f"- **{key}**: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def _rounded(d: dict) -> dict:
+    return {
+        k: (round(v, 5) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v) for k, v in d.items()
+    }
+
+
+def distill_and_register(
+    teacher: ModelSpec,
+    student: ModelSpec,
+    *,
+    out: Path,
+    register: Path | None,
+    images_dir: Path | None = None,
+    epochs: int = STUDENT_RECIPE["epochs"],
+    seed: int = 0,
+    show_progress: bool = True,
+) -> TrainedModel:
+    from zoo.errors import UsageError
+    from zoo.training import distill
+
+    if not teacher.trained:
+        raise UsageError(
+            f"teacher {teacher.name} has untrained weights; distilling from it would teach nothing",
+            hint="give the teacher a checkpoint in a registry file",
+        )
+    images = None
+    if images_dir is not None:
+        from zoo.calibration import _folder_images
+        from zoo.identity_task import BASE_PX
+        from zoo.validators.inputs import resize_center_crop
+
+        images = tuple(resize_center_crop(im, BASE_PX) for im in _folder_images(images_dir))
+    model, log = distill(
+        teacher,
+        student,
+        images=images,
+        epochs=epochs,
+        views_per_image=STUDENT_RECIPE["views_per_image"],
+        seed=seed,
+        show_progress=show_progress,
+    )
+    sha = save_weights(model, out)
+    spec = dataclasses.replace(student, checkpoint=Checkpoint(out.resolve(), sha), source=str(register or ""))
+    card = {
+        "model": student.name,
+        "summary": f"{student.architecture} distilled from {teacher.name} (cosine loss on L2-normalized embeddings).",
+        "teacher": teacher.name,
+        "teacher_checkpoint_sha256": teacher.checkpoint.sha256,
+        "data": f"folder {images_dir}" if images_dir else "reference identity task (zoo.identity_task)",
+        "epochs": epochs,
+        "seed": seed,
+        "seconds": round(log.seconds, 1),
+        "loss_first_epoch": round(log.losses[0], 5),
+        "loss_final": round(log.losses[-1], 5),
+        "heldout_cosine_vs_teacher_before": _rounded(log.heldout["before"]),
+        "heldout_cosine_vs_teacher_after": _rounded(log.heldout["after"]),
+        "checkpoint_sha256": sha,
+    }
+    _write_card(out, card)
+    if register is not None:
+        upsert_registry_file(register, spec, override=True)
+    return TrainedModel(spec, card)
+
+
+def build_reference(out_dir: Path, registry: Registry, *, show_progress: bool = True) -> list[TrainedModel]:
+    """Retrain the reference teacher (ArcFace) and distil the reference students into `out_dir`,
+    writing `out_dir/registry.toml`. Compare with the shipped weights via compare_with_shipped()."""
+    from zoo.training import train_arcface
+
+    out_dir = Path(out_dir)
+    register = out_dir / "registry.toml"
+    teacher = dataclasses.replace(registry.get(REFERENCE_TEACHER), checkpoint=None)
+    model, log = train_arcface(
+        teacher,
+        epochs=TEACHER_RECIPE["epochs"],
+        views_per_identity=TEACHER_RECIPE["views_per_identity"],
+        seed=TEACHER_RECIPE["seed"],
+        show_progress=show_progress,
+    )
+    path = out_dir / f"{teacher.name}.safetensors"
+    sha = save_weights(model, path)
+    teacher = dataclasses.replace(teacher, checkpoint=Checkpoint(path.resolve(), sha))
+    card = {
+        "model": teacher.name,
+        "summary": f"{teacher.architecture} + head, ArcFace (margin 0.5, scale 64).",
+        "data": "reference identity task (zoo.identity_task)",
+        **TEACHER_RECIPE,
+        "seconds": round(log.seconds, 1),
+        "loss_first_epoch": round(log.losses[0], 5),
+        "loss_final": round(log.losses[-1], 5),
+        "heldout_identity_metrics": _rounded(log.heldout),
+        "checkpoint_sha256": sha,
+    }
+    _write_card(path, card)
+    upsert_registry_file(register, teacher, override=True)
+    results = [TrainedModel(teacher, card)]
+    for name in REFERENCE_STUDENTS:
+        student = dataclasses.replace(registry.get(name), checkpoint=None)
+        results.append(
+            distill_and_register(
+                teacher,
+                student,
+                out=out_dir / f"{name}.safetensors",
+                register=register,
+                epochs=STUDENT_RECIPE["epochs"],
+                seed=STUDENT_RECIPE["seed"],
+                show_progress=show_progress,
+            )
+        )
+    return results
+
+
+def compare_with_shipped(results: list[TrainedModel], registry: Registry) -> list[dict]:
+    """Per model: identical bytes? else the largest weight difference against the shipped checkpoint."""
+    from safetensors.torch import load_file
+
+    rows = []
+    for result in results:
+        shipped = registry.get(result.spec.name).checkpoint
+        row = {
+            "model": result.spec.name,
+            "rebuilt_sha256": result.spec.checkpoint.sha256,
+            "shipped_sha256": shipped.sha256 if shipped else None,
+        }
+        if shipped is None or not shipped.path.is_file():
+            row["identical"] = False
+            row["max_abs_weight_diff"] = None
+        else:
+            a, b = load_file(str(result.spec.checkpoint.path)), load_file(str(shipped.path))
+            row["identical"] = shipped.sha256 == result.spec.checkpoint.sha256
+            row["max_abs_weight_diff"] = (
+                max(float((a[k] - b[k]).abs().max()) for k in a) if a.keys() == b.keys() else None
+            )
+        rows.append(row)
+    return rows
