@@ -9,6 +9,7 @@ import argparse
 import inspect
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from zoo import __version__
@@ -389,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True)
     p.add_argument("--student", required=True)
     p.add_argument("--images", type=Path, metavar="DIR", help="training images (default: the reference identity task)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument(
         "--out", type=Path, metavar="CKPT", help="checkpoint path (default: checkpoints/STUDENT.safetensors)"
     )
@@ -421,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # torch's exporter warns about its own internals on every export; users cannot act on it
+    warnings.filterwarnings("ignore", message=r".*treespec.*LeafSpec.*", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -148,7 +148,12 @@ def eval_set(views_per_identity: int = 2, seed: int = EVAL_SEED) -> EvalSet:
 
 
 def training_pool(
-    images: tuple[np.ndarray, ...], count_per_image: int, size: int, seed: int, cutmix: float = 0.1
+    images: tuple[np.ndarray, ...],
+    count_per_image: int,
+    size: int,
+    seed: int,
+    cutmix: float = 0.1,
+    occlude: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(views, labels): augmented training views of each image at `size` px, labelled with the image's
     index; a `cutmix` share pastes in a box of another image (the label stays the base image's)."""
@@ -160,6 +165,8 @@ def training_pool(
             if rng.random() < cutmix:
                 other = augment.training_view(images[int(rng.integers(len(images)))], size, rng)
                 view = augment.cutmix(view, other, rng)
+            if occlude and rng.random() < occlude:  # a card partly hidden: one large block, 10–30 %
+                view = augment.coarse_dropout(view, rng, area=rng.uniform(0.1, 0.3))
             views.append(view)
             labels.append(label)
     return np.stack(views), np.asarray(labels)

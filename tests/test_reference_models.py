@@ -1,0 +1,115 @@
+"""The shipped reference models: trained for real, and the checks on them mean something."""
+
+import json
+
+import pytest
+
+from zoo.cli import main
+from zoo.distillation import REFERENCE_STUDENTS, REFERENCE_TEACHER
+from zoo.fidelity import Fidelity, Status
+from zoo.pipeline import convert
+
+
+def test_reference_checkpoints_are_small_and_verified(registry):
+    total = 0
+    for name in (REFERENCE_TEACHER, *REFERENCE_STUDENTS):
+        spec = registry.get(name)
+        assert spec.trained, f"{name} ships without a checkpoint"
+        total += spec.checkpoint.path.stat().st_size
+    assert total < 20 * 2**20
+
+
+def test_reference_teacher_separates_identities(registry):
+    from zoo.identity_task import eval_set
+    from zoo.models import build_model
+    from zoo.training import embed
+    from zoo.validators.acceptance import identity_metrics, separates
+
+    teacher = registry.get(REFERENCE_TEACHER)
+    net = build_model(teacher)
+    ev = eval_set()
+    m = identity_metrics(embed(net, ev.gallery, teacher), embed(net, ev.views, teacher), ev.labels, ev.conditions)
+    ok, summary = separates(m)
+    assert ok, summary
+    assert m["top1_clean"] >= 0.95 and m["top5_clean"] >= 0.99
+
+
+# What the shipped students reach (their model cards give the figures): they follow the teacher
+# closely on average and pass every retrieval and identity rule, but two product rules fail and the
+# report must say so: the minimum cosine vs the teacher (dragged down by occluded views) and the
+# rejection of unknown images, which the reference teacher itself does not meet.
+KNOWN_FAILURES = {"parity vs teacher (ref_teacher, torch)", "unknown images reported 'no match'"}
+
+
+@pytest.mark.parametrize("student", REFERENCE_STUDENTS)
+def test_shipped_students_on_onnx(student, registry, tmp_path):
+    outcome = convert(student, "server", out_root=tmp_path, registry=registry, latency_runs=20)
+    rows = {c.name: c for c in outcome.report.checks}
+    guard = next(c for n, c in rows.items() if "vacuity guard" in n)
+    assert guard.status is Status.PASS and guard.value == 1.0
+    parity = rows["parity vs teacher (ref_teacher, torch)"]
+    assert parity.fidelity is Fidelity.MEASURED and parity.data["samples"] == 210
+    assert parity.data["cosine_mean"] > 0.94  # an untrained student is near 0
+    assert rows["parity vs source (torch fp32)"].data["cosine_min"] >= 0.9999
+    for name in (
+        "retrieval top-1, clean views",
+        "retrieval top-5, clean views",
+        "retrieval top-3, occluded views",
+        "retrieval top-5, glare views",
+        "same identity, clean/glare views: cosine p5",
+        "different identities: cosine p95",
+    ):
+        assert rows[name].status is Status.PASS, (name, rows[name].value)
+    assert rows["cosine vs teacher on unknown images"].status is Status.INFO
+    failed = {c.name for c in outcome.report.checks if c.status is Status.FAIL}
+    assert failed <= KNOWN_FAILURES, failed
+    assert outcome.report.failed == bool(failed)
+
+
+def test_untrained_student_fails_teacher_parity_with_exit_1(write_registry, tmp_path, capsys):
+    untrained = write_registry(
+        """
+[models.ref_vit_untrained]
+role = "student"
+teacher = "ref_teacher"
+architecture = "timm:test_vit"
+input_size = 64
+head = [64]
+embedding_dim = 64
+embedding_space = "reference-identities-64-v1"
+"""
+    )
+    code = main(
+        [
+            "convert",
+            "--registry",
+            str(untrained),
+            "--model",
+            "ref_vit_untrained",
+            "--target",
+            "server",
+            "--out",
+            str(tmp_path),
+            "-q",
+            "--latency-runs",
+            "20",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    report = json.loads((tmp_path / "ref_vit_untrained" / "server" / "report.json").read_text())
+    parity = next(c for c in report["checks"] if c["name"].startswith("parity vs teacher"))
+    assert parity["status"] == "fail" and parity["data"]["cosine_min"] < 0.95
+    assert parity["data"]["cosine_mean"] < 0.5  # far from the shipped students' ≥ 0.94
+    assert "UNTRAINED WEIGHTS" in out
+
+
+def test_a_few_epochs_of_distillation_learn(registry):
+    import dataclasses
+
+    from zoo.training import distill
+
+    student = dataclasses.replace(registry.get("ref_efficientnet"), checkpoint=None)
+    _, log = distill(registry.get(REFERENCE_TEACHER), student, epochs=3, views_per_image=6, show_progress=False)
+    assert log.losses[-1] < log.losses[0]
+    assert log.heldout["after"]["mean"] > log.heldout["before"]["mean"] + 0.1
