@@ -43,7 +43,7 @@ def test_rank_counts_ties_in_favour_of_nothing():
 
 def test_reference_task_is_deterministic_and_disjoint():
     task = reference_task()
-    assert len(task.identities) == 35 and len(task.unknowns) == 12 and len(task.negatives) == 32
+    assert len(task.identities) == 35 and len(task.unknowns) == 12 and len(task.negatives) == 56
     a, b = eval_set(), eval_set.__wrapped__()
     assert np.array_equal(a.views, b.views)
     counts = {c: a.conditions.count(c) for c in set(a.conditions)}

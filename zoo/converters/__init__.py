@@ -33,6 +33,17 @@ ENTRY_POINT_GROUP = "zoo.converters"
 BUILTIN = {
     "torch_to_onnx": "zoo.converters.torch_to_onnx:TorchToOnnx",
     "onnx_to_ort": "zoo.converters.onnx_to_ort:OnnxToOrt",
+    "onnx_to_openvino": "zoo.converters.onnx_to_openvino:OnnxToOpenVino",
+    "openvino_to_int8": "zoo.converters.openvino_to_int8:OpenVinoToInt8",
+    "onnx_to_int8": "zoo.converters.onnx_to_int8:OnnxToInt8",
+    "torch_to_tflite": "zoo.converters.torch_to_tflite:TorchToTflite",
+    "tflite_to_int8": "zoo.converters.tflite_to_int8:TfliteToInt8",
+    "torch_to_hailo_onnx": "zoo.converters.torch_to_hailo_onnx:TorchToHailoOnnx",
+    "onnx_to_hef": "zoo.converters.onnx_to_hef:OnnxToHef",
+    "torch_to_coreml": "zoo.converters.torch_to_coreml:TorchToCoreML",
+    "torch_to_coreml_mixed": "zoo.converters.torch_to_coreml:TorchToCoreMLMixed",
+    "torch_to_coreml_image": "zoo.converters.torch_to_coreml:TorchToCoreMLImage",
+    "torch_to_coreml_mlmodel": "zoo.converters.torch_to_coreml:TorchToCoreMLNeuralNetwork",
 }
 
 

@@ -23,6 +23,12 @@ ENTRY_POINT_GROUP = "zoo.runtimes"
 
 BUILTIN = {
     "onnxruntime": "zoo.runtimes.onnxruntime:OnnxRuntime",
+    "openvino": "zoo.runtimes.openvino:OpenVinoRuntime",
+    "litert": "zoo.runtimes.litert:LiteRtRuntime",
+    "hailort": "zoo.runtimes.hailo:HailoRT",
+    "hailo_int8_emulation": "zoo.runtimes.hailo:HailoInt8Emulation",
+    "coreml": "zoo.runtimes.coreml:CoreML",
+    "coreml_neuralnetwork": "zoo.runtimes.coreml:CoreMLNeuralNetwork",
 }
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from zoo.errors import UsageError, unknown_name
 
 PRECISIONS = ("fp32", "fp16", "int8")
+LAYOUTS = ("NCHW", "NHWC")
 LATENCY_WHERE = ("host", "device")
 
 
@@ -34,6 +35,7 @@ class TargetSpec:
     latency_on: str = "host"  # where the budget applies; a host figure cannot prove a device budget
     device: str = ""  # the device the budget is for, in words
     artifact_name: str = "model"
+    input_layout: str = "NCHW"  # the artifact's input layout; NHWC (channels-last) where a step offers it
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -50,6 +52,8 @@ def target_from_dict(name: str, data: dict, source: str = "") -> TargetSpec:
         raise UsageError(f"{where}: {exc}") from exc
     if spec.precision not in PRECISIONS:
         raise UsageError(f"{where}: precision must be one of {', '.join(PRECISIONS)}")
+    if spec.input_layout not in LAYOUTS:
+        raise UsageError(f"{where}: input_layout must be one of {', '.join(LAYOUTS)}")
     if spec.latency_on not in LATENCY_WHERE:
         raise UsageError(f"{where}: latency_on must be one of {', '.join(LATENCY_WHERE)}")
     if not 0 < spec.latency_percentile < 100:

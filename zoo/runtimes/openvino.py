@@ -1,0 +1,87 @@
+"""OpenVINO's CPU runtime on this host: opens IR (.xml + .bin); its numbers are `measured`.
+
+Parity is judged with INFERENCE_PRECISION_HINT=f32, so the CPU plugin cannot trade precision for
+speed behind our back (on CPUs with bf16 or fp16 units it does so by default). The same artifact at
+the plugin's default precision is timed too (`latency_variants`), because that is how a deployment
+that sets nothing runs it; on a CPU without bf16/fp16 units the two are the same configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from zoo.errors import require
+from zoo.fidelity import Fidelity
+from zoo.runtimes import module_missing
+
+EXTRA = "openvino"
+PARITY_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
+DEFAULT_CONFIG = {"PERFORMANCE_HINT": "LATENCY"}  # precision left to the plugin
+
+
+def core():
+    ov = require("openvino", EXTRA)
+    return ov.Core()
+
+
+class OpenVinoSession:
+    def __init__(self, path: Path, config: dict | None = None, batch: int | None = 0, _model=None):
+        ov = require("openvino", EXTRA)
+        self._core = core()
+        self.path = Path(path)
+        self.config = dict(PARITY_CONFIG if config is None else config)
+        model = _model if _model is not None else self._core.read_model(str(path))
+        if len(model.inputs) != 1:
+            raise ValueError(f"expected one input, the model has {len(model.inputs)}")
+        if batch:  # a fixed batch asked for: reshape (dynamic-batch IRs take any)
+            shape = model.input(0).get_partial_shape()
+            shape[0] = batch
+            model.reshape({model.input(0): shape})
+        self._model = model
+        self._compiled = self._core.compile_model(model, "CPU", self.config)
+        self._request = self._compiled.create_infer_request()
+        first = model.input(0).get_partial_shape()[0]
+        self.batch = first.get_length() if first.is_static else None
+        self.inference_precision = str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))
+        self._ov = ov
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        result = self._request.infer({0: np.ascontiguousarray(x, np.float32)})
+        return np.asarray(result[self._compiled.output(0)], dtype=np.float32)
+
+    def latency_variants(self) -> dict:
+        """The artifact at the plugin's default inference precision (what an untuned deployment gets)."""
+        if self.config == DEFAULT_CONFIG:
+            return {}
+        default = OpenVinoSession(self.path, DEFAULT_CONFIG, batch=0, _model=self._model)
+        return {f"OpenVINO default precision ({_precision_name(default.inference_precision)} on this CPU)": default}
+
+    def with_batch(self, n: int):
+        if self.batch is None:
+            return self
+        try:
+            return OpenVinoSession(self.path, self.config, batch=n)
+        except Exception:
+            return None
+
+
+def _precision_name(value: str) -> str:
+    return value.replace("<Type: '", "").replace("'>", "").split(":")[-1].strip() or value
+
+
+class OpenVinoRuntime:
+    name = "openvino"
+    formats = frozenset({"openvino"})
+    fidelity = Fidelity.MEASURED
+    extra = EXTRA
+
+    def unavailable_reason(self) -> str | None:
+        return module_missing("openvino", self.extra)
+
+    def version(self) -> str:
+        return require("openvino", self.extra).__version__
+
+    def open(self, path: Path) -> OpenVinoSession:
+        return OpenVinoSession(path)
