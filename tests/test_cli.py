@@ -4,7 +4,6 @@ import sys
 
 import pytest
 
-from zoo.checkpoints import sha256_file
 from zoo.cli import main
 
 
@@ -71,8 +70,7 @@ checkpoint = {{ path = "{path}", sha256 = "{sha}" }}
 
 
 def _checkpointed_registry(tmp_path, corrupt: bool):
-    from safetensors.torch import save_file
-
+    from zoo.distillation import save_weights
     from zoo.models import build_model
     from zoo.registry import spec_from_dict
 
@@ -88,8 +86,7 @@ def _checkpointed_registry(tmp_path, corrupt: bool):
         ),
     )
     weights = tmp_path / "tiny_ck.safetensors"
-    save_file({k: v.contiguous() for k, v in build_model(spec).state_dict().items()}, str(weights))
-    sha = sha256_file(weights)
+    sha = save_weights(build_model(spec), weights)
     if corrupt:
         data = bytearray(weights.read_bytes())
         data[200:220] = b"\0" * 20

@@ -474,23 +474,11 @@ def test_neuralnetwork_mlmodel_is_rejected_clearly(tmp_path):
 
 # ------------------------------------------------------------------ end to end: timm → Core ML → numpy
 
-_TORCHVISION_LIB = None
-
 
 def _timm():
-    try:
-        from zoo._torchvision_compat import ensure_torchvision
-    except ImportError:  # older checkout: define the two schemas torchvision's import needs
+    from zoo._torchvision_compat import import_timm
 
-        def ensure_torchvision():
-            global _TORCHVISION_LIB
-            if _TORCHVISION_LIB is None and "torchvision" not in sys.modules:
-                _TORCHVISION_LIB = torch.library.Library("torchvision", "DEF")
-                _TORCHVISION_LIB.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-                _TORCHVISION_LIB.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
-
-    ensure_torchvision()
-    return pytest.importorskip("timm")
+    return import_timm()
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -80,11 +80,10 @@ def test_no_head_needs_matching_backbone_width():
 
 def _save(model, path):
     if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+        from zoo.distillation import save_weights
 
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    else:
-        torch.save(model.state_dict(), path)
+        return {"path": str(path), "sha256": save_weights(model, path)}
+    torch.save(model.state_dict(), path)
     return {"path": str(path), "sha256": sha256_file(path)}
 
 

@@ -33,8 +33,7 @@ embedding_space = "ts-16"
 
 def _registry(tmp_path, student_weights: str):
     """A trained teacher `t` and a student `s` that is its copy ('same'), another net ('other'), or untrained."""
-    from safetensors.torch import save_file
-
+    from zoo.distillation import save_weights
     from zoo.models import build_model
 
     def save(name, seed):
@@ -51,8 +50,7 @@ def _registry(tmp_path, student_weights: str):
             ),
         )
         path = tmp_path / f"{name}.safetensors"
-        save_file({k: v.contiguous() for k, v in build_model(spec).state_dict().items()}, str(path))
-        return path, sha256_file(path)
+        return path, save_weights(build_model(spec), path)
 
     teacher, teacher_sha = save("t", 1)
     student_ck = ""

@@ -100,6 +100,15 @@ def _schedule(optimizer, total_steps: int, warmup: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _step(optimizer, scheduler, loss) -> float:
+    """One optimisation step; returns the loss value."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.item()
+
+
 def _progress_bar(total: int, desc: str, enabled: bool):
     from tqdm import tqdm
 
@@ -156,11 +165,7 @@ def train_arcface(
                 # outlier exposure: a "not a card" image must not lie near any identity's centre
                 nearest = head(embedding[~known]).max(dim=1).values / ARCFACE_SCALE
                 loss = loss + OUTLIER_WEIGHT * torch.relu(nearest - OUTLIER_MAX_COSINE).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
+            losses.append(_step(optimizer, scheduler, loss))
         log.losses.append(float(np.mean(losses)))
         bar.set_postfix(loss=f"{log.losses[-1]:.3f}")
         bar.update()
@@ -242,11 +247,7 @@ def distill(
             idx = order[i * batch : (i + 1) * batch]
             out = student(x_all[idx])
             loss = (1 - torch.nn.functional.cosine_similarity(out, target[idx], dim=1)).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
+            losses.append(_step(optimizer, scheduler, loss))
         log.losses.append(float(np.mean(losses)))
         bar.set_postfix(loss=f"{log.losses[-1]:.4f}")
         bar.update()
