@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,6 +31,9 @@ class OnnxToOrt:
     def convert(self, ctx: ConvertContext, upstream: Artifact | None) -> list[Artifact]:
         require("onnxruntime", self.extra)
         from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+
+        # its helper logs every config it writes to stderr; the artifact list says it already
+        logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
 
         stem = Path(upstream.name).stem
         with tempfile.TemporaryDirectory(dir=ctx.workdir, prefix=".ort-") as tmp:
