@@ -44,3 +44,14 @@ def ready_targets():
     from zoo.targets import load_targets
 
     return [t.name for t in load_targets().values() if not missing_steps(t)]
+
+
+def tiny_spec(name: str = "m", **overrides):
+    """A teacher spec on a tiny timm architecture (64 px, 16-d), with fields overridden as given."""
+    from zoo.registry import spec_from_dict
+
+    fields = dict(
+        role="teacher", architecture="timm:test_vit", input_size=64, head=[16], embedding_dim=16, embedding_space="s"
+    )
+    fields.update(overrides)
+    return spec_from_dict(name, fields)

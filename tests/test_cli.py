@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import tiny_spec
 
 from zoo.cli import main
 
@@ -72,19 +73,8 @@ checkpoint = {{ path = "{path}", sha256 = "{sha}" }}
 def _checkpointed_registry(tmp_path, corrupt: bool):
     from zoo.distillation import save_weights
     from zoo.models import build_model
-    from zoo.registry import spec_from_dict
 
-    spec = spec_from_dict(
-        "tiny_ck",
-        dict(
-            role="teacher",
-            architecture="timm:test_convnext",
-            input_size=64,
-            head=[16],
-            embedding_dim=16,
-            embedding_space="ck-16",
-        ),
-    )
+    spec = tiny_spec("tiny_ck", architecture="timm:test_convnext", embedding_space="ck-16")
     weights = tmp_path / "tiny_ck.safetensors"
     sha = save_weights(build_model(spec), weights)
     if corrupt:

@@ -1,19 +1,14 @@
 import pytest
 import torch
+from conftest import tiny_spec
 
 from zoo.checkpoints import sha256_file
 from zoo.errors import CheckpointError, UsageError
 from zoo.models import build_model
-from zoo.registry import spec_from_dict
 
 
 def spec(**overrides):
-    name = overrides.pop("name", "m")
-    fields = dict(
-        role="teacher", architecture="timm:test_vit", input_size=64, head=[16], embedding_dim=16, embedding_space="s"
-    )
-    fields.update(overrides)
-    return spec_from_dict(name, fields)
+    return tiny_spec(overrides.pop("name", "m"), **overrides)
 
 
 def test_timm_models_build_with_this_torchvision():

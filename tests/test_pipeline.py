@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
+from conftest import tiny_spec
 
 from zoo.checkpoints import sha256_file
 from zoo.errors import ConversionError
 from zoo.fidelity import Fidelity, Status
 from zoo.pipeline import convert
-from zoo.registry import load_registry, spec_from_dict
+from zoo.registry import load_registry
 
 TEACHER_AND_STUDENT = """
 [models.t]
@@ -37,18 +38,7 @@ def _registry(tmp_path, student_weights: str):
     from zoo.models import build_model
 
     def save(name, seed):
-        spec = spec_from_dict(
-            name,
-            dict(
-                role="teacher",
-                architecture="timm:test_convnext",
-                input_size=64,
-                head=[16],
-                embedding_dim=16,
-                embedding_space="ts-16",
-                seed=seed,
-            ),
-        )
+        spec = tiny_spec(name, architecture="timm:test_convnext", embedding_space="ts-16", seed=seed)
         path = tmp_path / f"{name}.safetensors"
         return path, save_weights(build_model(spec), path)
 

@@ -40,14 +40,11 @@ def _to_input(views_uint8: np.ndarray, spec: ModelSpec):
 
 
 def embed(model, views_uint8: np.ndarray, spec: ModelSpec, batch: int = 64) -> np.ndarray:
-    import torch
+    """Embeddings of uint8 views, preprocessed for `spec` (eval mode, no gradients)."""
+    from zoo.pipeline import embed_torch
 
     model.eval()
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(views_uint8), batch):
-            outs.append(model(_to_input(views_uint8[i : i + batch], spec)).numpy())
-    return np.concatenate(outs)
+    return embed_torch(model, _to_input(views_uint8, spec).numpy(), batch=batch)
 
 
 def _arcface_head(dim: int, classes: int):
