@@ -113,3 +113,17 @@ def test_a_few_epochs_of_distillation_learn(registry):
     _, log = distill(registry.get(REFERENCE_TEACHER), student, epochs=3, views_per_image=6, show_progress=False)
     assert log.losses[-1] < log.losses[0]
     assert log.heldout["after"]["mean"] > log.heldout["before"]["mean"] + 0.1
+
+
+def test_trained_convnext_to_tflite_int8_keeps_parity(registry, tmp_path):
+    # trained layer scales make litert-torch write 4-D FULLY_CONNECTED biases, which the quantizer
+    # used to turn into int8 files LiteRT refuses (zoo.converters.tflite_to_int8.flatten_fc_biases)
+    pytest.importorskip("ai_edge_quantizer")
+    pytest.importorskip("litert_torch")
+    outcome = convert("ref_convnext", "tflite-int8", out_root=tmp_path, registry=registry, latency_runs=20)
+    parity = {c.artifact: c for c in outcome.report.checks if c.name == "parity vs source (torch fp32)"}
+    assert parity["model.int8.tflite"].fidelity is Fidelity.MEASURED
+    assert parity["model.int8.tflite"].data["cosine_min"] >= 0.98
+    assert parity["model.tflite"].data["cosine_min"] >= 0.9999
+    manifest = json.loads((outcome.out_dir / "manifest.json").read_text())
+    assert "dynamic-range" in manifest["quantization"]["scheme"]

@@ -22,6 +22,7 @@ TOOLCHAINS = {
     "tflite": ("litert_torch", "ai_edge_litert"),
     "tflite-nhwc": ("litert_torch", "ai_edge_litert"),
     "tflite-int8": ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
+    "tflite-int8-static": ("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
     "android-int8": ("onnxruntime",),
 }
 MIN_COSINE = {"fp32": 0.9999, "fp16": 0.999, "int8": 0.98}
@@ -97,6 +98,9 @@ def test_tiny_model_on_real_runtime(model, target, registry, tmp_path):
         speedup = _checks(report, "int8 speedup vs fp32")
         assert len(speedup) == 1 and speedup[0].fidelity is Fidelity.MEASURED and speedup[0].value > 0
         assert speedup[0].data["fp32_p50_ms"] > 0 and speedup[0].data["int8_p50_ms"] > 0
+        if "dynamic" in manifest["quantization"]["scheme"]:  # no calibration set, and none claimed
+            assert "calibration" not in manifest and not any("calibration" in w for w in report.warnings)
+            return
         calibration = manifest["calibration"]
         assert calibration["count"] == 32 and len(calibration["sha256"]) == 64
         assert calibration["shape"] == [32, 3, 64, 64] and calibration["recommended_min"] >= 100
@@ -295,6 +299,7 @@ def test_missing_runtime_names_the_extra(module, runtime, extra, monkeypatch):
         ("openvino_to_int8", "nncf", "openvino"),
         ("torch_to_tflite", "litert_torch", "tflite"),
         ("tflite_to_int8", "ai_edge_quantizer", "tflite"),
+        ("tflite_to_int8_static", "ai_edge_quantizer", "tflite"),
     ],
 )
 def test_missing_toolchain_names_the_extra(step, module, extra, registry, tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ ARCFACE_MARGIN = 0.5
 ARCFACE_SCALE = 64.0
 NEGATIVE_VIEWS = 4  # training views per negative ("not a card") image per epoch
 OUTLIER_WEIGHT = 4.0
-DISTILL_OCCLUSION = 0.2  # share of distillation views with a large occluding block
+DISTILL_OCCLUSION = 0.4  # share of distillation views with a large occluding block
 OUTLIER_MAX_COSINE = 0.2
 
 
@@ -27,6 +27,7 @@ class TrainingLog:
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
     heldout: dict = field(default_factory=dict)  # final held-out figures
+    heldout_curve: list[dict] = field(default_factory=list)  # held-out figures every `eval_every` epochs
 
 
 def _to_input(views_uint8: np.ndarray, spec: ModelSpec):
@@ -189,10 +190,15 @@ def distill(
     batch: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
+    occlude: float = DISTILL_OCCLUSION,
+    refresh_every: int = 1,
+    eval_every: int = 0,
     show_progress: bool = True,
 ):
     """Train the student's embedding to reproduce the frozen teacher's (cosine loss on L2-normalized
-    embeddings). The teacher embeds a fixed augmented pool once; its embeddings are cached.
+    embeddings). The teacher is frozen and embeds an augmented pool once; its embeddings are cached
+    and reused for `refresh_every` epochs, then a new pool is drawn (seeded per draw), so a student
+    of a few hundred thousand weights sees fresh occlusions instead of memorising one set.
     Returns (student model, log) with held-out cosine vs the teacher before and after."""
     import torch
 
@@ -211,14 +217,18 @@ def distill(
     if images is None:  # the reference task: its identities and its training negatives
         task = reference_task()
         images = task.identities + task.negatives
-    views, _ = training_pool(images, views_per_image, BASE_PX, seed, occlude=DISTILL_OCCLUSION)
-    target = torch.from_numpy(embed(teacher, views, teacher_spec))  # cached teacher embeddings
-    x_all = _to_input(views, student_spec)
+
+    def draw_pool(draw: int):
+        # seeds stay below 1e6: evaluation views never share one (identity_task.EVAL_SEED)
+        views, _ = training_pool(images, views_per_image, BASE_PX, seed * 1000 + draw, occlude=occlude)
+        target = torch.from_numpy(embed(teacher, views, teacher_spec))  # cached teacher embeddings
+        return _to_input(views, student_spec), target
 
     ev = eval_set()
     ev_teacher = embed(teacher, ev.views, teacher_spec)
 
     cards = ev.labels >= 0  # the identities' views; unknown images are reported apart
+    conditions = np.asarray(ev.conditions)
 
     def heldout_cosine():
         cos = cosine_rows(embed(student, ev.views, student_spec), ev_teacher)
@@ -227,18 +237,21 @@ def distill(
             "p5": float(np.percentile(cos[cards], 5)),
             "mean": float(cos[cards].mean()),
             "unknown_mean": float(cos[~cards].mean()),
+            "by_condition_min": {c: float(cos[conditions == c].min()) for c in dict.fromkeys(ev.conditions)},
         }
 
     log = TrainingLog()
     log.heldout["before"] = heldout_cosine()
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01)
-    steps_per_epoch = len(views) // batch
+    steps_per_epoch = len(images) * views_per_image // batch
     scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch)
     start = time.perf_counter()
     bar = _progress_bar(epochs, f"distill {student_spec.name} ← {teacher_spec.name}", show_progress)
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if epoch == 0 or (refresh_every and epoch % refresh_every == 0):
+            x_all, target = draw_pool(epoch)
         student.train()
-        order = torch.randperm(len(views))
+        order = torch.randperm(len(x_all))
         losses = []
         for i in range(steps_per_epoch):
             idx = order[i * batch : (i + 1) * batch]
@@ -246,6 +259,9 @@ def distill(
             loss = (1 - torch.nn.functional.cosine_similarity(out, target[idx], dim=1)).mean()
             losses.append(_step(optimizer, scheduler, loss))
         log.losses.append(float(np.mean(losses)))
+        if eval_every and (epoch + 1) % eval_every == 0:
+            student.eval()
+            log.heldout_curve.append({"epoch": epoch + 1, **heldout_cosine()})
         bar.set_postfix(loss=f"{log.losses[-1]:.4f}")
         bar.update()
     bar.close()
