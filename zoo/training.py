@@ -187,6 +187,7 @@ def distill(
     images: tuple[np.ndarray, ...] | None = None,
     epochs: int = 30,
     views_per_image: int = 48,
+    negative_views: int = 16,
     batch: int = 64,
     lr: float = 3e-3,
     seed: int = 0,
@@ -214,13 +215,17 @@ def distill(
     _seed_all(seed)
     teacher = build_model(teacher_spec)
     student = build_model(student_spec, load_checkpoint=False)
+    negatives: tuple[np.ndarray, ...] = ()
     if images is None:  # the reference task: its identities and its training negatives
         task = reference_task()
-        images = task.identities + task.negatives
+        images, negatives = task.identities, task.negatives
 
     def draw_pool(draw: int):
         # seeds stay below 1e6: evaluation views never share one (identity_task.EVAL_SEED)
         views, _ = training_pool(images, views_per_image, BASE_PX, seed * 1000 + draw, occlude=occlude)
+        if negatives:  # fewer views of each negative: the identities are what the student must follow
+            more, _ = training_pool(negatives, negative_views, BASE_PX, seed * 1000 + draw + 500, occlude=occlude)
+            views = np.concatenate([views, more])
         target = torch.from_numpy(embed(teacher, views, teacher_spec))  # cached teacher embeddings
         return _to_input(views, student_spec), target
 
@@ -243,7 +248,7 @@ def distill(
     log = TrainingLog()
     log.heldout["before"] = heldout_cosine()
     optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01)
-    steps_per_epoch = len(images) * views_per_image // batch
+    steps_per_epoch = (len(images) * views_per_image + len(negatives) * negative_views) // batch
     scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch)
     start = time.perf_counter()
     bar = _progress_bar(epochs, f"distill {student_spec.name} ← {teacher_spec.name}", show_progress)
