@@ -33,6 +33,7 @@ def main() -> None:
             student,
             epochs=args.epochs,
             views_per_image=STUDENT_RECIPE["views_per_image"],
+            negative_views=STUDENT_RECIPE["negative_views"],
             seed=STUDENT_RECIPE["seed"],
             show_progress=False,
         )

@@ -28,7 +28,16 @@ import numpy as np
 
 warnings.filterwarnings("ignore")
 
-TARGETS = ("android", "android-int8", "openvino", "openvino-fp16", "openvino-int8", "tflite", "tflite-int8")
+TARGETS = (
+    "android",
+    "android-int8",
+    "openvino",
+    "openvino-fp16",
+    "openvino-int8",
+    "tflite",
+    "tflite-int8",
+    "tflite-int8-static",
+)
 BENCH_REGISTRY = """
 [models.efficientnet_b0]
 description = "EfficientNet-B0 pooled features (benchmark)"

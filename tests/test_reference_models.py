@@ -34,11 +34,17 @@ def test_reference_teacher_separates_identities(registry):
     assert m["top1_clean"] >= 0.95 and m["top5_clean"] >= 0.99
 
 
-# What the shipped students reach (their model cards give the figures): they follow the teacher
-# closely on average and pass every retrieval and identity rule, but two product rules fail and the
-# report must say so: the minimum cosine vs the teacher (dragged down by occluded views) and the
-# rejection of unknown images, which the reference teacher itself does not meet.
-KNOWN_FAILURES = {"parity vs teacher (ref_teacher, torch)", "unknown images reported 'no match'"}
+# What the shipped students reach (their model cards give the figures): all follow the teacher
+# closely on average and pass every retrieval and identity rule. ref_convnext meets the > 0.95
+# minimum vs the teacher; the other two do not yet, and the report must say so. No reference model
+# rejects unknown images, which the reference teacher itself does not do.
+UNKNOWN_RULE = "unknown images reported 'no match'"
+TEACHER_PARITY = "parity vs teacher (ref_teacher, torch)"
+KNOWN_FAILURES = {
+    "ref_convnext": {UNKNOWN_RULE},
+    "ref_efficientnet": {UNKNOWN_RULE, TEACHER_PARITY},
+    "ref_vit": {UNKNOWN_RULE, TEACHER_PARITY},
+}
 
 
 @pytest.mark.parametrize("student", REFERENCE_STUDENTS)
@@ -47,9 +53,10 @@ def test_shipped_students_on_onnx(student, registry, tmp_path):
     rows = {c.name: c for c in outcome.report.checks}
     guard = next(c for n, c in rows.items() if "vacuity guard" in n)
     assert guard.status is Status.PASS and guard.value == 1.0
-    parity = rows["parity vs teacher (ref_teacher, torch)"]
+    parity = rows[TEACHER_PARITY]
     assert parity.fidelity is Fidelity.MEASURED and parity.data["samples"] == 210
-    assert parity.data["cosine_mean"] > 0.94  # an untrained student is near 0
+    assert parity.data["cosine_mean"] > 0.975  # an untrained student is near 0
+    assert parity.data["cosine_min"] > (0.95 if TEACHER_PARITY not in KNOWN_FAILURES[student] else 0.9)
     assert rows["parity vs source (torch fp32)"].data["cosine_min"] >= 0.9999
     for name in (
         "retrieval top-1, clean views",
@@ -62,7 +69,7 @@ def test_shipped_students_on_onnx(student, registry, tmp_path):
         assert rows[name].status is Status.PASS, (name, rows[name].value)
     assert rows["cosine vs teacher on unknown images"].status is Status.INFO
     failed = {c.name for c in outcome.report.checks if c.status is Status.FAIL}
-    assert failed <= KNOWN_FAILURES, failed
+    assert failed == KNOWN_FAILURES[student], failed
     assert outcome.report.failed == bool(failed)
 
 
@@ -100,7 +107,7 @@ embedding_space = "reference-identities-64-v1"
     report = json.loads((tmp_path / "ref_vit_untrained" / "server" / "report.json").read_text())
     parity = next(c for c in report["checks"] if c["name"].startswith("parity vs teacher"))
     assert parity["status"] == "fail" and parity["data"]["cosine_min"] < 0.95
-    assert parity["data"]["cosine_mean"] < 0.5  # far from the shipped students' ≥ 0.94
+    assert parity["data"]["cosine_mean"] < 0.5  # far from the shipped students' ≥ 0.975
     assert "UNTRAINED WEIGHTS" in out
 
 
@@ -110,7 +117,9 @@ def test_a_few_epochs_of_distillation_learn(registry):
     from zoo.training import distill
 
     student = dataclasses.replace(registry.get("ref_efficientnet"), checkpoint=None)
-    _, log = distill(registry.get(REFERENCE_TEACHER), student, epochs=3, views_per_image=6, show_progress=False)
+    _, log = distill(
+        registry.get(REFERENCE_TEACHER), student, epochs=3, views_per_image=6, negative_views=2, show_progress=False
+    )
     assert log.losses[-1] < log.losses[0]
     assert log.heldout["after"]["mean"] > log.heldout["before"]["mean"] + 0.1
 

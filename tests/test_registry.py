@@ -105,3 +105,34 @@ def test_unknown_teacher_is_refused(write_registry):
 def test_invalid_toml(write_registry):
     with pytest.raises(UsageError, match="not valid TOML"):
         load_registry([write_registry("[models.x\nrole=")])
+
+
+def test_architecture_args_reach_timm(write_registry):
+    from zoo.errors import UsageError
+    from zoo.models import build_model
+    from zoo.registry import load_registry
+
+    path = write_registry(
+        """
+[models.vit_p8]
+role = "teacher"
+architecture = "timm:test_vit"
+architecture_args = { patch_size = 8 }
+input_size = 64
+embedding_dim = 64
+embedding_space = "x"
+
+[models.vit_bad]
+role = "teacher"
+architecture = "timm:test_vit"
+architecture_args = { no_such_option = 1 }
+input_size = 64
+embedding_dim = 64
+embedding_space = "x"
+"""
+    )
+    registry = load_registry([path])
+    backbone = build_model(registry.get("vit_p8")).backbone
+    assert backbone.patch_embed.num_patches == 64  # (64 / 8)², not (64 / 16)² = 16
+    with pytest.raises(UsageError, match="no_such_option"):
+        build_model(registry.get("vit_bad"))

@@ -78,13 +78,19 @@ def _timm_backbone(spec: ModelSpec):
         from zoo.errors import unknown_name
 
         raise unknown_name("timm architecture", name, timm.list_models())
-    kwargs = {"pretrained": False, "num_classes": 0, "exportable": True}
+    kwargs = {"pretrained": False, "num_classes": 0, "exportable": True, **spec.architecture_args}
     try:
         # ViT-style models fix their position embeddings to the input size at creation;
         # CNNs take any size and refuse the keyword.
         return timm.create_model(name, img_size=spec.input_size, **kwargs)
     except TypeError:
+        pass
+    try:
         return timm.create_model(name, **kwargs)
+    except TypeError as exc:
+        raise UsageError(
+            f"model {spec.name!r}: timm {name} refuses architecture_args {spec.architecture_args}: {exc}"
+        ) from exc
 
 
 def _factory_backbone(spec: ModelSpec):

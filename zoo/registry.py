@@ -43,6 +43,7 @@ class ModelSpec:
     input_size: int
     embedding_space: str
     teacher: str | None = None
+    architecture_args: dict = field(default_factory=dict)  # keyword arguments for timm (e.g. patch_size)
     head: tuple[int, ...] = ()  # projection head widths after the backbone; the last equals embedding_dim
     head_dropout: float = 0.0
     normalize: bool = True  # L2-normalize the embedding inside the model
@@ -135,6 +136,8 @@ def spec_from_dict(name: str, data: dict, source: Path | str = "") -> ModelSpec:
 def _check_spec(spec: ModelSpec, where: str) -> None:
     if spec.embedding_dim <= 0 or spec.input_size <= 0:
         raise UsageError(f"{where}: embedding_dim and input_size must be positive")
+    if spec.architecture_args and spec.architecture_kind != "timm":
+        raise UsageError(f"{where}: architecture_args are passed to timm; {spec.architecture} is not a timm model")
     if spec.head and spec.head[-1] != spec.embedding_dim:
         raise UsageError(
             f"{where}: the projection head ends at {spec.head[-1]} but embedding_dim is {spec.embedding_dim}"

@@ -17,7 +17,8 @@ ARCFACE_MARGIN = 0.5
 ARCFACE_SCALE = 64.0
 NEGATIVE_VIEWS = 4  # training views per negative ("not a card") image per epoch
 OUTLIER_WEIGHT = 4.0
-DISTILL_OCCLUSION = 0.4  # share of distillation views with a large occluding block
+TEACHER_OCCLUSION = 0.3  # share of the teacher's identity views with a large occluding block
+DISTILL_OCCLUSION = 0.5  # the same for distillation: students must follow the teacher on occluded cards
 OUTLIER_MAX_COSINE = 0.2
 
 
@@ -121,9 +122,12 @@ def train_arcface(
     batch: int = 64,
     lr: float = 2e-3,
     seed: int = 0,
+    occlude: float = TEACHER_OCCLUSION,
     show_progress: bool = True,
 ):
-    """Train `spec`'s embedding model with ArcFace on the reference identity task. Returns (model, log)."""
+    """Train `spec`'s embedding model with ArcFace on the reference identity task. Returns (model, log).
+    Occluded views in training keep an occluded card near its identity: a teacher that jumps away
+    under occlusion hands its students a target they cannot follow."""
     import torch
 
     from zoo.models import build_model
@@ -144,7 +148,9 @@ def train_arcface(
         # the full margin from the start stalls a randomly initialised net: ramp it up over the first quarter
         head.margin = ARCFACE_MARGIN * min(1.0, (epoch + 1) / margin_warmup)
         # a fresh augmented pool each epoch, seeded by (seed, epoch)
-        views, labels = training_pool(task.identities, views_per_identity, spec.input_size, seed * 1000 + epoch)
+        views, labels = training_pool(
+            task.identities, views_per_identity, spec.input_size, seed * 1000 + epoch, occlude=occlude
+        )
         negatives, _ = training_pool(task.negatives, NEGATIVE_VIEWS, spec.input_size, seed * 1000 + epoch + 500)
         views = np.concatenate([views, negatives])
         labels = np.concatenate([labels, np.full(len(negatives), -1)])
@@ -186,7 +192,7 @@ def distill(
     *,
     images: tuple[np.ndarray, ...] | None = None,
     epochs: int = 30,
-    views_per_image: int = 48,
+    views_per_image: int = 64,
     negative_views: int = 16,
     batch: int = 64,
     lr: float = 3e-3,
