@@ -52,7 +52,7 @@ def test_shipped_students_on_onnx(student, registry, tmp_path):
     outcome = convert(student, "server", out_root=tmp_path, registry=registry, latency_runs=20)
     rows = {c.name: c for c in outcome.report.checks}
     guard = next(c for n, c in rows.items() if "vacuity guard" in n)
-    assert guard.status is Status.PASS and guard.value == 1.0
+    assert guard.status is Status.PASS and guard.value >= 0.95  # the teacher's top-1 on clean views
     parity = rows[TEACHER_PARITY]
     assert parity.fidelity is Fidelity.MEASURED and parity.data["samples"] == 210
     assert parity.data["cosine_mean"] > 0.975  # an untrained student is near 0
