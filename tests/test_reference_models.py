@@ -136,3 +136,31 @@ def test_trained_convnext_to_tflite_int8_keeps_parity(registry, tmp_path):
     assert parity["model.tflite"].data["cosine_min"] >= 0.9999
     manifest = json.loads((outcome.out_dir / "manifest.json").read_text())
     assert "dynamic-range" in manifest["quantization"]["scheme"]
+
+
+def test_zoo_distill_writes_a_verified_checkpoint_and_registers_it(write_registry, tmp_path, capsys):
+    from zoo.registry import load_registry
+
+    students = write_registry(
+        """
+[models.small_student]
+role = "student"
+teacher = "ref_teacher"
+architecture = "timm:test_efficientnet"
+input_size = 64
+head = [64]
+embedding_dim = 64
+embedding_space = "reference-identities-64-v1"
+"""
+    )
+    register = tmp_path / "out.toml"
+    ckpt = tmp_path / "small_student.safetensors"
+    args = ["distill", "--registry", str(students), "--teacher", "ref_teacher", "--student", "small_student"]
+    code = main([*args, "--epochs", "3", "--views", "6", "--out", str(ckpt), "--register", str(register), "-q"])
+    assert code == 0, capsys.readouterr()
+    card = json.loads(ckpt.with_suffix(".json").read_text())
+    assert card["epochs"] == 3 and card["views_per_image"] == 6
+    assert card["loss_final"] < card["loss_first_epoch"]
+    assert card["heldout_cosine_vs_teacher_after"]["mean"] > card["heldout_cosine_vs_teacher_before"]["mean"] + 0.03
+    spec = load_registry([students, register]).get("small_student")
+    assert spec.trained and spec.checkpoint.sha256 == card["checkpoint_sha256"]

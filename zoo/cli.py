@@ -108,18 +108,20 @@ def cmd_distill(
     teacher: str,
     student: str,
     images: Path | None,
-    epochs: int,
+    epochs: int | None,
+    views: int | None,
     out: Path | None,
     register: Path,
     seed: int,
     registry: list[Path],
     quiet: bool,
 ) -> int:
-    from zoo.distillation import distill_and_register
+    from zoo.distillation import STUDENT_RECIPE, distill_and_register
     from zoo.registry import load_registry
 
     reg = load_registry(registry)
     out = out or Path("checkpoints") / f"{student}.safetensors"
+    epochs = epochs or STUDENT_RECIPE["epochs"]
     result = distill_and_register(
         reg.get(teacher),
         reg.get(student),
@@ -127,6 +129,7 @@ def cmd_distill(
         register=register,
         images_dir=images,
         epochs=epochs,
+        views_per_image=views or STUDENT_RECIPE["views_per_image"],
         seed=seed,
         show_progress=not quiet,
     )
@@ -390,7 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True)
     p.add_argument("--student", required=True)
     p.add_argument("--images", type=Path, metavar="DIR", help="training images (default: the reference identity task)")
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, help="training epochs (default: the reference recipe's 50)")
+    p.add_argument("--views", type=int, metavar="N", help="augmented views per image per epoch (default: 64)")
     p.add_argument(
         "--out", type=Path, metavar="CKPT", help="checkpoint path (default: checkpoints/STUDENT.safetensors)"
     )
