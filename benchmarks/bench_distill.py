@@ -13,16 +13,9 @@ import dataclasses
 import os
 import time
 
-from zoo.distillation import REFERENCE_STUDENTS, REFERENCE_TEACHER, STUDENT_RECIPE
+from zoo.distillation import REFERENCE_STUDENTS, REFERENCE_TEACHER, STUDENT_RECIPE, max_weight_diff
 from zoo.registry import load_registry
 from zoo.training import distill
-
-
-def max_weight_diff(model, checkpoint) -> float:
-    from safetensors.torch import load_file
-
-    shipped = load_file(str(checkpoint.path))
-    return max(float((value - shipped[key]).abs().max()) for key, value in model.state_dict().items())
 
 
 def main() -> None:
@@ -55,7 +48,12 @@ def main() -> None:
         )
         seconds = time.perf_counter() - start
         after = log.heldout["after"]
-        diff = max_weight_diff(model, shipped.checkpoint) if shipped.checkpoint else float("nan")
+        diff = float("nan")
+        if shipped.checkpoint:
+            from safetensors.torch import load_file
+
+            found = max_weight_diff(model.state_dict(), load_file(str(shipped.checkpoint.path)))
+            diff = float("nan") if found is None else found
         print(
             f"{name:18} {seconds:8.1f} {log.losses[-1]:8.4f} {after['min']:8.4f} {after['mean']:9.4f} {diff:20.3g}",
             flush=True,

@@ -193,6 +193,13 @@ def build_reference(out_dir: Path, registry: Registry, *, show_progress: bool = 
     return results
 
 
+def max_weight_diff(a: dict, b: dict) -> float | None:
+    """Largest absolute difference between two state dicts with the same keys (None if they differ)."""
+    if a.keys() != b.keys():
+        return None
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
 def compare_with_shipped(results: list[TrainedModel], registry: Registry) -> list[dict]:
     """Per model: identical bytes? else the largest weight difference against the shipped checkpoint."""
     from safetensors.torch import load_file
@@ -211,8 +218,6 @@ def compare_with_shipped(results: list[TrainedModel], registry: Registry) -> lis
         else:
             a, b = load_file(str(result.spec.checkpoint.path)), load_file(str(shipped.path))
             row["identical"] = shipped.sha256 == result.spec.checkpoint.sha256
-            row["max_abs_weight_diff"] = (
-                max(float((a[k] - b[k]).abs().max()) for k in a) if a.keys() == b.keys() else None
-            )
+            row["max_abs_weight_diff"] = max_weight_diff(a, b)
         rows.append(row)
     return rows

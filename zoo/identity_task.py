@@ -170,3 +170,22 @@ def training_pool(
             views.append(view)
             labels.append(label)
     return np.stack(views), np.asarray(labels)
+
+
+def pool_with_negatives(
+    images: tuple[np.ndarray, ...],
+    negatives: tuple[np.ndarray, ...],
+    views: int,
+    negative_views: int,
+    size: int,
+    seed: int,
+    occlude: float = 0.0,
+    occlude_negatives: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """training_pool of `images` (labelled by index) followed by one of `negatives` (labelled -1),
+    each drawn from its own seed (seed, seed + 500) so either count can change without moving the other."""
+    views_, labels = training_pool(images, views, size, seed, occlude=occlude)
+    if not negatives:
+        return views_, labels
+    more, _ = training_pool(negatives, negative_views, size, seed + 500, occlude=occlude if occlude_negatives else 0.0)
+    return np.concatenate([views_, more]), np.concatenate([labels, np.full(len(more), -1)])

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from zoo.identity_task import BASE_PX, eval_set, reference_task, training_pool
+from zoo.identity_task import BASE_PX, eval_set, pool_with_negatives, reference_task
 from zoo.registry import ModelSpec
 from zoo.validators.inputs import normalize, preprocess
 from zoo.validators.metrics import cosine_rows
@@ -28,7 +28,6 @@ class TrainingLog:
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
     heldout: dict = field(default_factory=dict)  # final held-out figures
-    heldout_curve: list[dict] = field(default_factory=list)  # held-out figures every `eval_every` epochs
 
 
 def _to_input(views_uint8: np.ndarray, spec: ModelSpec):
@@ -148,12 +147,15 @@ def train_arcface(
         # the full margin from the start stalls a randomly initialised net: ramp it up over the first quarter
         head.margin = ARCFACE_MARGIN * min(1.0, (epoch + 1) / margin_warmup)
         # a fresh augmented pool each epoch, seeded by (seed, epoch)
-        views, labels = training_pool(
-            task.identities, views_per_identity, spec.input_size, seed * 1000 + epoch, occlude=occlude
+        views, labels = pool_with_negatives(
+            task.identities,
+            task.negatives,
+            views_per_identity,
+            NEGATIVE_VIEWS,
+            spec.input_size,
+            seed * 1000 + epoch,
+            occlude=occlude,
         )
-        negatives, _ = training_pool(task.negatives, NEGATIVE_VIEWS, spec.input_size, seed * 1000 + epoch + 500)
-        views = np.concatenate([views, negatives])
-        labels = np.concatenate([labels, np.full(len(negatives), -1)])
         x_all = _to_input(views, spec)
         y_all = torch.from_numpy(labels)
         order = torch.randperm(len(views))
@@ -198,14 +200,12 @@ def distill(
     lr: float = 3e-3,
     seed: int = 0,
     occlude: float = DISTILL_OCCLUSION,
-    refresh_every: int = 1,
-    eval_every: int = 0,
     show_progress: bool = True,
 ):
     """Train the student's embedding to reproduce the frozen teacher's (cosine loss on L2-normalized
-    embeddings). The teacher is frozen and embeds an augmented pool once; its embeddings are cached
-    and reused for `refresh_every` epochs, then a new pool is drawn (seeded per draw), so a student
-    of a few hundred thousand weights sees fresh occlusions instead of memorising one set.
+    embeddings). Each epoch draws a fresh augmented pool (seeded per epoch), which the frozen teacher
+    embeds once for that epoch, so a student of a few hundred thousand weights sees fresh occlusions
+    instead of memorising one set.
     Returns (student model, log) with held-out cosine vs the teacher before and after."""
     import torch
 
@@ -228,10 +228,10 @@ def distill(
 
     def draw_pool(draw: int):
         # seeds stay below 1e6: evaluation views never share one (identity_task.EVAL_SEED)
-        views, _ = training_pool(images, views_per_image, BASE_PX, seed * 1000 + draw, occlude=occlude)
-        if negatives:  # fewer views of each negative: the identities are what the student must follow
-            more, _ = training_pool(negatives, negative_views, BASE_PX, seed * 1000 + draw + 500, occlude=occlude)
-            views = np.concatenate([views, more])
+        # fewer views of each negative: the identities are what the student must follow
+        views, _ = pool_with_negatives(
+            images, negatives, views_per_image, negative_views, BASE_PX, seed * 1000 + draw, occlude, True
+        )
         target = torch.from_numpy(embed(teacher, views, teacher_spec))  # cached teacher embeddings
         return _to_input(views, student_spec), target
 
@@ -259,8 +259,7 @@ def distill(
     start = time.perf_counter()
     bar = _progress_bar(epochs, f"distill {student_spec.name} ← {teacher_spec.name}", show_progress)
     for epoch in range(epochs):
-        if epoch == 0 or (refresh_every and epoch % refresh_every == 0):
-            x_all, target = draw_pool(epoch)
+        x_all, target = draw_pool(epoch)
         student.train()
         order = torch.randperm(len(x_all))
         losses = []
@@ -270,9 +269,6 @@ def distill(
             loss = (1 - torch.nn.functional.cosine_similarity(out, target[idx], dim=1)).mean()
             losses.append(_step(optimizer, scheduler, loss))
         log.losses.append(float(np.mean(losses)))
-        if eval_every and (epoch + 1) % eval_every == 0:
-            student.eval()
-            log.heldout_curve.append({"epoch": epoch + 1, **heldout_cosine()})
         bar.set_postfix(loss=f"{log.losses[-1]:.4f}")
         bar.update()
     bar.close()
