@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from zoo.identity_task import eval_set, reference_task
+from zoo.identity_task import UNKNOWN_PHOTOS, eval_set, reference_task
 from zoo.validators.acceptance import identity_metrics, separates
 
 
@@ -44,6 +44,7 @@ def test_rank_counts_ties_in_favour_of_nothing():
 def test_reference_task_is_deterministic_and_disjoint():
     task = reference_task()
     assert len(task.identities) == 35 and len(task.unknowns) == 12 and len(task.negatives) == 56
+    assert task.unknown_names[::2] == tuple(f"{p}/0" for p in UNKNOWN_PHOTOS) and len(task.unknown_names) == 12
     a, b = eval_set(), eval_set.__wrapped__()
     assert np.array_equal(a.views, b.views)
     counts = {c: a.conditions.count(c) for c in set(a.conditions)}

@@ -56,6 +56,7 @@ class IdentityTask:
     names: tuple[str, ...]
     unknowns: tuple[np.ndarray, ...]  # images that are no identity at all (evaluation only)
     negatives: tuple[np.ndarray, ...]  # other non-identity images, for training only
+    unknown_names: tuple[str, ...] = ()
 
 
 def _synthetic_negatives(count: int, seed: int = 7) -> list[np.ndarray]:
@@ -108,9 +109,10 @@ def reference_task() -> IdentityTask:
         identities.append(augment.resize(_square(_load(photo)), BASE_PX))
         names.append(photo)
     unknowns = [q for photo in UNKNOWN_PHOTOS for q in _quadrants(_load(photo))[:2]]
+    unknown_names = [f"{photo}/{i}" for photo in UNKNOWN_PHOTOS for i in range(2)]
     negatives = [q for photo in NEGATIVE_PHOTOS for q in _quadrants(_load(photo))]
     negatives += _synthetic_negatives(24) + _faces(16)
-    return IdentityTask(tuple(identities), tuple(names), tuple(unknowns), tuple(negatives))
+    return IdentityTask(tuple(identities), tuple(names), tuple(unknowns), tuple(negatives), tuple(unknown_names))
 
 
 @dataclass(frozen=True)
