@@ -60,6 +60,9 @@ class Artifact:
     host_l2_normalize: bool = False  # the artifact leaves L2 normalization to the host (e.g. Hailo)
 
 
+DEFAULT_CALIBRATION_COUNT = 128  # stable int8 ranges on the reference photos, minutes less than 300
+
+
 @dataclass
 class ConvertContext:
     model: ModelSpec
@@ -76,6 +79,24 @@ class ConvertContext:
     warnings: list[str] = field(default_factory=list)  # shown on the terminal and in the report
     calibration_dir: Path | None = None  # user images for int8 calibration (None: the reference photos)
     calibration_count: int | None = None  # None: the step's own default
+
+    def calibration_set(self, recommended: int, layout: str = "NCHW"):
+        """The int8 calibration set for this conversion (zoo.calibration), recorded in the manifest;
+        a set smaller than the toolchain's `recommended` size becomes a visible warning."""
+        from zoo.calibration import build_calibration_set
+
+        calib = build_calibration_set(
+            self.model,
+            self.input_size,
+            folder=self.calibration_dir,
+            count=self.calibration_count or DEFAULT_CALIBRATION_COUNT,
+            recommended=recommended,
+            layout=layout,
+        )
+        self.records["calibration"] = calib.record()
+        if calib.warning:
+            self.warnings.append(calib.warning)
+        return calib
 
 
 class Converter(Protocol):

@@ -22,7 +22,6 @@ from zoo.converters import Artifact, ConvertContext
 from zoo.errors import ConversionError, require
 
 ORT_RECOMMENDED = 100  # ONNX Runtime's quantization guide: a few hundred samples; 100 as the floor
-DEFAULT_COUNT = 128
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 
 
@@ -74,7 +73,6 @@ class OnnxToInt8:
         return []
 
     def convert(self, ctx: ConvertContext, upstream: Artifact | None) -> list[Artifact]:
-        from zoo.calibration import build_calibration_set
         from zoo.converters.onnx_quantize import quantize_qdq
         from zoo.runtimes.onnxruntime import OrtSession
         from zoo.validators.timing import speedup_check
@@ -82,16 +80,7 @@ class OnnxToInt8:
         onnx = require("onnx", self.extra)
         source = ctx.workdir / upstream.name
         dst = ctx.workdir / f"{Path(upstream.name).stem}.int8.onnx"
-        calib = build_calibration_set(
-            ctx.model,
-            ctx.input_size,
-            folder=ctx.calibration_dir,
-            count=ctx.calibration_count or DEFAULT_COUNT,
-            recommended=ORT_RECOMMENDED,
-        )
-        ctx.records["calibration"] = calib.record()
-        if calib.warning:
-            ctx.warnings.append(calib.warning)
+        calib = ctx.calibration_set(ORT_RECOMMENDED)
         scheme = scheme_for(onnx.load(str(source), load_external_data=False).graph)
         quantize_qdq(
             source,

@@ -21,7 +21,6 @@ from zoo.converters.onnx_to_openvino import EXTRA, save_ir, set_rt_info
 from zoo.errors import ConversionError, require
 
 NNCF_RECOMMENDED = 300  # NNCF's default subset_size
-DEFAULT_COUNT = 128  # enough for stable ranges on the reference photos, minutes less than 300
 
 
 ATTENTION_OPS = ("Softmax", "ScaledDotProductAttention")
@@ -67,23 +66,13 @@ class OpenVinoToInt8:
         return []
 
     def convert(self, ctx: ConvertContext, upstream: Artifact | None) -> list[Artifact]:
-        from zoo.calibration import build_calibration_set
         from zoo.runtimes.openvino import DEFAULT_CONFIG, OpenVinoSession, core
         from zoo.validators.timing import speedup_check
 
         nncf = require("nncf", self.extra)
         source = ctx.workdir / upstream.name
         model = core().read_model(str(source))
-        calib = build_calibration_set(
-            ctx.model,
-            ctx.input_size,
-            folder=ctx.calibration_dir,
-            count=ctx.calibration_count or DEFAULT_COUNT,
-            recommended=NNCF_RECOMMENDED,
-        )
-        ctx.records["calibration"] = calib.record()
-        if calib.warning:
-            ctx.warnings.append(calib.warning)
+        calib = ctx.calibration_set(NNCF_RECOMMENDED)
         transformer = is_transformer(model)
         kwargs = {"subset_size": calib.count}
         if transformer:

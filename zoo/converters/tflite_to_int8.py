@@ -30,7 +30,6 @@ from zoo.converters.torch_to_tflite import EXTRA, finish, quiet_fds, tflite_sche
 from zoo.errors import ConversionError, require
 
 AEQ_RECOMMENDED = 100
-DEFAULT_COUNT = 128
 WEIGHT_OPS = ("FULLY_CONNECTED", "CONV_2D", "DEPTHWISE_CONV_2D")
 
 
@@ -191,19 +190,7 @@ class TfliteToInt8:
         return [Artifact(dst.name, "tflite", description=f"TFLite int8 ({kind}, weight ops; float I/O)")]
 
     def _calibration_samples(self, ctx: ConvertContext, model: Path) -> dict:
-        from zoo.calibration import build_calibration_set
-
-        calib = build_calibration_set(
-            ctx.model,
-            ctx.input_size,
-            folder=ctx.calibration_dir,
-            count=ctx.calibration_count or DEFAULT_COUNT,
-            recommended=AEQ_RECOMMENDED,
-            layout=ctx.target.input_layout,
-        )
-        ctx.records["calibration"] = calib.record()
-        if calib.warning:
-            ctx.warnings.append(calib.warning)
+        calib = ctx.calibration_set(AEQ_RECOMMENDED, layout=ctx.target.input_layout)
         signature, input_name = signature_input(model)
         return {signature: [{input_name: calib.images[i : i + 1]} for i in range(calib.count)]}
 
