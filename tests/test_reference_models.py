@@ -35,14 +35,14 @@ def test_reference_teacher_separates_identities(registry):
 
 
 # What the shipped students reach (their model cards give the figures): all follow the teacher
-# closely on average and pass every retrieval and identity rule. ref_convnext meets the > 0.95
-# minimum vs the teacher; the other two do not yet, and the report must say so. No reference model
-# rejects unknown images, which the reference teacher itself does not do.
+# closely on average and pass every retrieval and identity rule. ref_convnext and ref_efficientnet
+# meet the > 0.95 minimum vs the teacher; ref_vit does not yet, and the report must say so. No
+# reference model rejects unknown images, which the reference teacher itself does not do.
 UNKNOWN_RULE = "unknown images reported 'no match'"
 TEACHER_PARITY = "parity vs teacher (ref_teacher, torch)"
 KNOWN_FAILURES = {
     "ref_convnext": {UNKNOWN_RULE},
-    "ref_efficientnet": {UNKNOWN_RULE, TEACHER_PARITY},
+    "ref_efficientnet": {UNKNOWN_RULE},
     "ref_vit": {UNKNOWN_RULE, TEACHER_PARITY},
 }
 
@@ -164,3 +164,17 @@ embedding_space = "reference-identities-64-v1"
     assert card["heldout_cosine_vs_teacher_after"]["mean"] > card["heldout_cosine_vs_teacher_before"]["mean"] + 0.03
     spec = load_registry([students, register]).get("small_student")
     assert spec.trained and spec.checkpoint.sha256 == card["checkpoint_sha256"]
+
+
+def test_reference_task_and_checkpoints_are_deterministic(registry, tmp_path):
+    # the same recipe must give the same bytes: unseeded data or a metadata map in random order
+    # would change the sha256 in the registry on every rebuild
+    import numpy as np
+
+    from zoo.distillation import save_weights
+    from zoo.identity_task import _load
+    from zoo.models import build_model
+
+    assert np.array_equal(_load("binary_blobs"), _load("binary_blobs"))
+    net = build_model(registry.get("ref_efficientnet"))
+    assert len({save_weights(net, tmp_path / f"w{i}.safetensors") for i in range(4)}) == 1

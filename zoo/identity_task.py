@@ -30,7 +30,8 @@ EVAL_SEED = 1_000_003  # evaluation views never share a seed with training (seed
 def _load(name: str) -> np.ndarray:
     import skimage.data
 
-    image = np.asarray(getattr(skimage.data, name)())
+    # binary_blobs is drawn at random unless seeded: unseeded, no two trainings saw the same negatives
+    image = np.asarray(skimage.data.binary_blobs(rng=0) if name == "binary_blobs" else getattr(skimage.data, name)())
     if image.dtype != np.uint8:
         image = (255 * (image.astype(np.float64) / max(1e-9, float(image.max())))).astype(np.uint8)
     if image.ndim == 2:

@@ -20,6 +20,12 @@ OUTLIER_WEIGHT = 4.0
 TEACHER_OCCLUSION = 0.3  # share of the teacher's identity views with a large occluding block
 DISTILL_OCCLUSION = 0.5  # the same for distillation: students must follow the teacher on occluded cards
 OUTLIER_MAX_COSINE = 0.2
+# ArcFace stops pulling a view in once its margin logit wins, so a teacher's occluded and glare views
+# can sit at cosine ~0.8 to their identity; students then cannot follow those one-off directions.
+# A centre term (1 - cos to the class weight) keeps each identity compact: at 4 the students' worst
+# held-out view vs the teacher rose from 0.94 to 0.96 (EfficientNet) and 0.96 to 0.98 (ConvNeXt);
+# at 8 identities start to merge (teacher top-1 93 %, different-identity p95 0.99).
+COMPACTNESS_WEIGHT = 4.0
 
 
 @dataclass
@@ -122,6 +128,7 @@ def train_arcface(
     lr: float = 2e-3,
     seed: int = 0,
     occlude: float = TEACHER_OCCLUSION,
+    compactness: float = COMPACTNESS_WEIGHT,
     show_progress: bool = True,
 ):
     """Train `spec`'s embedding model with ArcFace on the reference identity task. Returns (model, log).
@@ -167,6 +174,9 @@ def train_arcface(
             embedding = model(x_all[idx])
             known = y >= 0
             loss = torch.nn.functional.cross_entropy(head(embedding[known], y[known]), y[known])
+            if compactness:
+                centre = torch.nn.functional.normalize(head.weight[y[known]], dim=1)
+                loss = loss + compactness * (1 - (embedding[known] * centre).sum(1)).mean()
             if (~known).any():
                 # outlier exposure: a "not a card" image must not lie near any identity's centre
                 nearest = head(embedding[~known]).max(dim=1).values / ARCFACE_SCALE
