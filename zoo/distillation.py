@@ -20,8 +20,8 @@ REFERENCE_STUDENTS = ("ref_convnext", "ref_vit", "ref_efficientnet")
 TEACHER_RECIPE = {"epochs": 60, "views_per_identity": 32, "seed": 0}
 STUDENT_RECIPE = {"epochs": 50, "views_per_image": 64, "negative_views": 16, "seed": 0}
 # Float sums depend on how work is split across threads: the shipped checkpoints were each trained
-# with 1 thread (two side by side on the 2-core build machine); the same thread count reproduces them.
-TEACHER_THREADS, STUDENT_THREADS = 1, 1
+# with 1 thread (beside other training runs on the 2-core build machine); 1 thread reproduces them.
+TRAINING_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def train_reference_teacher(out_dir: Path, registry: Registry, *, show_progress:
 
     out_dir = Path(out_dir)
     teacher = dataclasses.replace(registry.get(REFERENCE_TEACHER), checkpoint=None)
-    torch.set_num_threads(TEACHER_THREADS)
+    torch.set_num_threads(TRAINING_THREADS)
     model, log = train_arcface(
         teacher,
         epochs=TEACHER_RECIPE["epochs"],
@@ -173,7 +173,7 @@ def distill_reference_student(
     """Distil one reference student from `teacher` into `out_dir` (its registry.toml)."""
     import torch
 
-    torch.set_num_threads(STUDENT_THREADS)
+    torch.set_num_threads(TRAINING_THREADS)
     student = dataclasses.replace(registry.get(name), checkpoint=None)
     return distill_and_register(
         teacher,
