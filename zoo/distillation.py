@@ -57,6 +57,12 @@ def _write_card(path: Path, card: dict) -> None:
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 
+def _arguments(spec: ModelSpec) -> str:
+    """The spec's architecture_args for a model card, as ' (patch_size=8, mlp_ratio=4)'; '' if none."""
+    args = ", ".join(f"{k}={v}" for k, v in spec.architecture_args.items())
+    return f" ({args})" if args else ""
+
+
 def _rounded(d: dict) -> dict:
     return {
         k: (round(v, 5) if isinstance(v, float) else _rounded(v) if isinstance(v, dict) else v) for k, v in d.items()
@@ -106,7 +112,8 @@ def distill_and_register(
     spec = dataclasses.replace(student, checkpoint=Checkpoint(out.resolve(), sha), source=str(register or ""))
     card = {
         "model": student.name,
-        "summary": f"{student.architecture} distilled from {teacher.name} (cosine loss on L2-normalized embeddings).",
+        "summary": f"{student.architecture}{_arguments(student)} distilled from {teacher.name} "
+        "(cosine loss on L2-normalized embeddings).",
         "teacher": teacher.name,
         "teacher_checkpoint_sha256": teacher.checkpoint.sha256,
         "data": f"folder {images_dir}" if images_dir else "reference identity task (zoo.identity_task)",
