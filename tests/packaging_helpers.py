@@ -43,6 +43,12 @@ def edit_json(path: Path, change) -> None:
     path.write_text(json.dumps(data, indent=2))
 
 
+def edit_report(out: Path, change) -> None:
+    """Edit an output's report.json as a zoo run would write it: the manifest pins the new sha256."""
+    edit_json(out / "report.json", change)
+    edit_json(out / "manifest.json", lambda m: m.update(report_sha256=sha256_file(out / "report.json")))
+
+
 def put_in_local_store(store: Path, name: str, version: str, archive: Path) -> Path:
     """Place an archive in a local store by hand (with a correct .sha256), as a tampering store would."""
     folder = store / name / version

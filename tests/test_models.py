@@ -87,9 +87,15 @@ def test_checkpoint_round_trip(tmp_path, suffix):
     source = build_model(spec(name="source"))
     ck = _save(source, tmp_path / f"w{suffix}")
     loaded = build_model(spec(name="other", checkpoint=ck))
+    untrained = build_model(spec(name="other"))  # the same model without the checkpoint differs
     x = torch.randn(2, 3, 64, 64)
     assert torch.equal(source(x), loaded(x))
-    assert loaded is not None and spec(checkpoint=ck).trained
+    assert torch.nn.functional.cosine_similarity(source(x), loaded(x)).min().item() == pytest.approx(1.0, abs=1e-6)
+    assert torch.nn.functional.cosine_similarity(source(x), untrained(x)).max().item() < 0.99
+    state, saved = loaded.state_dict(), source.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], saved[k]) for k in saved)
+    assert not all(torch.equal(untrained.state_dict()[k], saved[k]) for k in saved)
+    assert spec(checkpoint=ck).trained and not spec().trained
 
 
 def test_tampered_checkpoint_fails_on_sha(tmp_path):

@@ -16,6 +16,7 @@ from packaging_helpers import (
     converted_outputs,
     copy_output,
     edit_json,
+    edit_report,
     evil_archive,
     flip_byte,
     put_in_local_store,
@@ -109,7 +110,7 @@ def ios_outputs(outputs, tmp_path_factory):
         r["checks"] = [dict(c, artifact="model.mlpackage") for c in r["checks"] if c["artifact"] == "model.onnx"]
 
     edit_json(out / "manifest.json", manifest)
-    edit_json(out / "report.json", report)
+    edit_report(out, report)
     return root
 
 
@@ -367,7 +368,7 @@ def test_failing_or_unvalidated_output_refused(outputs, tmp_path, verdict):
         else:
             r["checks"] = []
 
-    edit_json(out / "report.json", report)
+    edit_report(out, report)
     edit_json(out / "manifest.json", lambda m: m.update(verdict=verdict))
     with pytest.raises(PackageRefused) as info:
         build_package(

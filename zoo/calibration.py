@@ -56,6 +56,38 @@ class CalibrationSet:
         }
 
 
+def check_calibration_options(target, calibrated: bool, folder: Path | None, count: int | None) -> None:
+    """Refuse calibration options a target cannot use, before any work starts (not 12 s into a run).
+    `calibrated`: whether a step of the target's chain reads a calibration set."""
+    from PIL import Image, UnidentifiedImageError
+
+    if folder is None and count is None:
+        return
+    if not calibrated:
+        raise UsageError(
+            f"--calibration/--calibration-count calibrate int8 activations; no step of target {target.name!r} "
+            f"({' → '.join(target.chain)}) reads a calibration set, so they would be ignored",
+            hint="drop the option, or pick a calibrated int8 target (android-int8, openvino-int8, "
+            "tflite-int8-static, hailo8l)",
+        )
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+        raise UsageError(f"--calibration-count must be a positive number of images, not {count!r}")
+    if folder is None:
+        return
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"calibration folder {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UsageError(f"calibration folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    for file in files:  # headers only: a broken file is named now, decoding waits for the step
+        try:
+            with Image.open(file):
+                pass
+        except (UnidentifiedImageError, OSError) as exc:
+            raise UsageError(f"calibration image {file} cannot be read: {exc}") from None
+
+
 def _folder_images(folder: Path) -> list[np.ndarray]:
     from PIL import Image, UnidentifiedImageError
 

@@ -1,6 +1,7 @@
 """The `zoo` command: wiring only. Each command is a typed function that calls the library.
 
-Exit codes: 0 ok, 1 a check failed, 2 usage error, 3 conversion failed.
+Exit codes: 0 ok, 1 a check failed, 2 usage error, 3 conversion or filesystem failure, 4 an unexpected
+error (a bug: one line, the traceback with --traceback).
 """
 
 from __future__ import annotations
@@ -8,12 +9,13 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
 
 from zoo import __version__
-from zoo.errors import EXIT_CHECK_FAILED, EXIT_OK, ZooError
+from zoo.errors import EXIT_CHECK_FAILED, EXIT_CONVERSION_FAILED, EXIT_OK, EXIT_UNEXPECTED, ZooError
 from zoo.progress import Progress
 
 
@@ -351,20 +353,33 @@ def _print_table(rows: list[tuple[str, ...]]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common_options(after_command: bool) -> argparse.ArgumentParser:
+    """The options every command takes, before or after the command's name.
+
+    argparse copies a subcommand's defaults over the top-level values, so the copy after the command
+    has no defaults (SUPPRESS) and its registries go to their own list, merged in main().
+    """
     common = argparse.ArgumentParser(add_help=False)
+    unset = {"default": argparse.SUPPRESS} if after_command else {}
     common.add_argument(
         "--registry",
         action="append",
         type=Path,
-        default=[],
+        dest="registry_after_command" if after_command else "registry",
+        default=argparse.SUPPRESS if after_command else [],
         metavar="PATH",
-        help="extra model registry file or folder (repeatable; also $ZOO_REGISTRY)",
+        help="extra model/target registry file or folder (repeatable; also $ZOO_REGISTRY)",
     )
-    common.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    common.add_argument("--traceback", action="store_true", help="show the full traceback on errors", **unset)
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress lines", **unset)
+    return common
 
-    parser = argparse.ArgumentParser(prog="zoo", description=__doc__.splitlines()[0], parents=[common])
+
+def build_parser() -> argparse.ArgumentParser:
+    top = _common_options(after_command=False)
+    common = _common_options(after_command=True)
+
+    parser = argparse.ArgumentParser(prog="zoo", description=__doc__.splitlines()[0], parents=[top])
     parser.add_argument("--version", action="version", version=f"zoo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -430,18 +445,48 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message=r".*treespec.*LeafSpec.*", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.registry = [*args.registry, *getattr(args, "registry_after_command", [])]
+    show_traceback = args.traceback or bool(os.environ.get("ZOO_TRACEBACK"))
     try:
         return _call(args.handler, args)
-    except ZooError as exc:
-        if args.traceback or os.environ.get("ZOO_TRACEBACK"):
-            raise
-        print(f"zoo: error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         print("zoo: interrupted; nothing was written under the final output name", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if show_traceback:
+            raise
+        code, line, hint = describe_error(exc)
+        print(f"zoo: error: {line}", file=sys.stderr)
+        if hint:
+            print(f"hint: {hint}", file=sys.stderr)
+        return code
+
+
+def describe_error(exc: BaseException) -> tuple[int, str, str | None]:
+    """(exit code, one line, hint) for any error: zoo's own carry theirs; a filesystem error names the
+    path and the cause (exit 3); anything else is a bug in zoo or a toolchain (exit 4)."""
+    if isinstance(exc, ZooError):
+        return exc.exit_code, _one_line(str(exc), limit=2000), exc.hint
+    if isinstance(exc, OSError) and (exc.filename or exc.strerror):
+        where = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "a file"
+        cause = exc.strerror or type(exc).__name__
+        return (
+            EXIT_CONVERSION_FAILED,
+            f"cannot use {where}: {cause}",
+            "check the path, its permissions and the free disk space; nothing was written under the final name",
+        )
+    text = _one_line(str(exc)) or "(no message)"
+    return (
+        EXIT_UNEXPECTED,
+        f"unexpected {type(exc).__name__}: {text}",
+        "this is a bug in zoo or a toolchain; run with --traceback (or ZOO_TRACEBACK=1) and report it",
+    )
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # toolchains colour their messages
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _call(handler, args: argparse.Namespace) -> int:

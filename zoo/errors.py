@@ -8,7 +8,8 @@ from collections.abc import Iterable
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
-EXIT_CONVERSION_FAILED = 3
+EXIT_CONVERSION_FAILED = 3  # also a filesystem error (read-only, full disk, a file where a folder goes)
+EXIT_UNEXPECTED = 4  # anything zoo did not foresee: one line, the traceback with --traceback
 
 
 class ZooError(Exception):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 
@@ -34,6 +34,12 @@ class Check:
     artifact: str = ""
     detail: str = ""
     data: dict = field(default_factory=dict)  # full figures (per-sample cosines, percentiles…)
+    origin: str = ""  # "" = computed by this run; else where the row comes from, e.g. "conversion 2026-…Z"
+
+    def carried(self, origin: str) -> Check:
+        """This row in a later report that could not re-run it: same status and fidelity, labelled."""
+        note = f"from the {origin}; not re-run"
+        return replace(self, origin=origin, detail=f"{self.detail}; {note}" if self.detail else note)
 
     def to_dict(self) -> dict:
         return {
@@ -45,6 +51,7 @@ class Check:
             "status": self.status.value,
             "detail": self.detail,
             "data": self.data,
+            "origin": self.origin,
         }
 
     @classmethod
@@ -58,4 +65,5 @@ class Check:
             artifact=d.get("artifact", ""),
             detail=d.get("detail", ""),
             data=d.get("data", {}),
+            origin=d.get("origin", ""),
         )

@@ -55,18 +55,21 @@ def _projection_head(in_features: int, widths: tuple[int, ...], dropout: float):
 
 
 def check_input_size(spec: ModelSpec, backbone) -> None:
-    """Refuse an input size the architecture cannot take, saying why and what would work."""
+    """Refuse an input size the architecture cannot take, saying why and what would work: the model's
+    own size and each of its per-target sizes (target_input_sizes), all in one error."""
     patch = getattr(getattr(backbone, "patch_embed", None), "patch_size", None)
     if patch is None:
         return
     p = patch[0] if isinstance(patch, (tuple, list)) else int(patch)
-    if spec.input_size % p:
-        lower, upper = spec.input_size // p * p, (spec.input_size // p + 1) * p
-        raise UsageError(
-            f"model {spec.name!r}: input size {spec.input_size} is not divisible by the patch size {p} "
-            f"of {spec.architecture}",
-            hint=f"use {lower} or {upper}",
-        )
+    sizes = [(spec.input_size, "")] + [(n, f" for target {t!r}") for t, n in sorted(spec.target_input_sizes.items())]
+    problems, hints = [], []
+    for size, where in sizes:
+        if size % p:
+            problems.append(f"input size {size}{where} is not divisible by the patch size {p} of {spec.architecture}")
+            lower, upper = size // p * p, (size // p + 1) * p
+            hints.append((f"use {lower} or {upper}" if lower else f"use {upper}") + where)
+    if problems:
+        raise UsageError(f"model {spec.name!r}: " + "; ".join(problems), hint="; ".join(hints))
 
 
 def _timm_backbone(spec: ModelSpec):

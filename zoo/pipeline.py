@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 from zoo import __version__
-from zoo.converters import Artifact, ConvertContext, get_converter
+from zoo.calibration import check_calibration_options
+from zoo.checkpoints import sha256_file
+from zoo.converters import Artifact, ConvertContext, get_converter, uses_calibration
 from zoo.errors import ConversionError, UsageError
 from zoo.fidelity import Check, Fidelity, Status
 from zoo.metadata import artifact_metadata
@@ -19,6 +22,7 @@ from zoo.report import Report
 from zoo.runtimes import get_runtime
 from zoo.targets import TargetSpec, get_target, target_from_dict
 from zoo.validators import References, validate_artifacts
+from zoo.validators.inspectors import inspect_artifacts
 from zoo.validators.inputs import inputs_sha256, parity_inputs, preprocess, reference_photos
 
 
@@ -111,6 +115,7 @@ def convert(
     """Convert a registered model for a target, validate every artifact, write outputs atomically."""
     model, target, teacher = _resolve(model_name, target_name, registry)
     steps = [get_converter(step, target.name) for step in target.chain]  # unknown steps fail before any work
+    check_calibration_options(target, any(uses_calibration(s) for s in steps), calibration_dir, calibration_count)
     runtime = get_runtime(target.runtime)
     warnings = untrained_warnings(model, teacher)
     for warning in warnings:
@@ -152,7 +157,9 @@ def convert(
             progress.say(f"WARNING: {warning}")
         warnings += ctx.warnings
 
-        checks: list[Check] = list(ctx.checks)
+        # rows only a conversion can make are kept in the manifest and carried into `zoo validate`
+        conversion_checks = list(ctx.checks)
+        checks: list[Check] = conversion_checks + inspect_artifacts(work, ctx.artifacts)
         if validate:
             checks += _validate(
                 model, teacher, target, x, labels, torch_model, work, ctx.artifacts, latency_runs, progress
@@ -166,11 +173,20 @@ def convert(
             validated=validate,
             info=_report_info(model, target, size, runtime if validate else None, x),
         )
-        manifest = _manifest(work, model, teacher, target, ctx.artifacts, size, report, ctx.records)
-        write_manifest(work, manifest)
-        write_text_atomic(work / "report.json", report.to_json())
-        write_text_atomic(work / "report.md", report.to_markdown())
+        manifest = _manifest(work, model, teacher, target, ctx.artifacts, size, ctx.records)
+        manifest["conversion_checks"] = [c.to_dict() for c in conversion_checks]
+        _write_report(work, report, manifest)
     return Outcome(out_dir, report)
+
+
+def _write_report(root: Path, report: Report, manifest: dict) -> None:
+    """report.json and report.md, then the manifest that pins report.json's sha256 and verdict, so
+    `zoo package` can tell a report that zoo wrote from one that was edited."""
+    write_text_atomic(root / "report.json", report.to_json())
+    write_text_atomic(root / "report.md", report.to_markdown())
+    manifest["verdict"] = report.verdict
+    manifest["report_sha256"] = sha256_file(root / "report.json")
+    write_manifest(root, manifest)
 
 
 def _validate(model, teacher, target, x, labels, torch_model, out_dir, artifacts, latency_runs, progress):
@@ -220,9 +236,10 @@ def _runtime_label(runtime) -> str:
     return f"{runtime.name}: not available here ({reason})" if reason else f"{runtime.name} {runtime.version()}"
 
 
-def _manifest(root: Path, model, teacher, target, artifacts, size, report: Report, records: dict) -> dict:
+def _manifest(root: Path, model, teacher, target, artifacts, size, records: dict) -> dict:
     return {
         "schema": 1,
+        "converted_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "zoo_version": __version__,
         "model": model.to_dict(),
         "teacher": teacher.to_dict() if teacher else None,
@@ -230,7 +247,6 @@ def _manifest(root: Path, model, teacher, target, artifacts, size, report: Repor
         "input_size": size,
         "checkpoint_sha256": model.checkpoint.sha256 if model.checkpoint else None,
         "weights": "trained" if model.trained else "untrained",
-        "verdict": report.verdict,
         "artifacts": [
             {
                 **file_entry(root, a.name),
@@ -239,6 +255,7 @@ def _manifest(root: Path, model, teacher, target, artifacts, size, report: Repor
                 "description": a.description,
                 "runtime": a.runtime or target.runtime,
                 "host_l2_normalize": a.host_l2_normalize,
+                "facts": a.facts,
             }
             for a in artifacts
         ],
@@ -268,12 +285,18 @@ def validate_dir(out_dir: Path, *, latency_runs: int = 30, progress: Progress = 
                 a.get("description", ""),
                 a.get("runtime", ""),
                 a.get("host_l2_normalize", False),
+                a.get("facts", {}),
             )
             for a in manifest["artifacts"]
         ]
     except (KeyError, TypeError) as exc:
         raise UsageError(f"{out_dir}/manifest.json is missing {exc}") from None
     checks = [_integrity_check(out_dir, manifest)]
+    origin = f"conversion of {manifest.get('converted_at') or 'unknown date'}"
+    checks += [Check.from_dict(c).carried(origin) for c in manifest.get("conversion_checks", [])]
+    intact = checks[0].status is Status.PASS
+    if intact:
+        checks += inspect_artifacts(out_dir, artifacts)
     runtime = get_runtime(target.runtime)
     warnings = untrained_warnings(model, teacher)
     size = int(manifest["input_size"])
@@ -284,7 +307,7 @@ def validate_dir(out_dir: Path, *, latency_runs: int = 30, progress: Progress = 
         with progress.step(f"building {model.name} source model"):
             torch_model = build_model(model)
     x, labels = parity_inputs(size, model.mean, model.std)
-    if checks[0].status is Status.PASS:
+    if intact:
         checks += _validate(model, teacher, target, x, labels, torch_model, out_dir, artifacts, latency_runs, progress)
     report = Report(
         model.name,
@@ -294,8 +317,7 @@ def validate_dir(out_dir: Path, *, latency_runs: int = 30, progress: Progress = 
         tuple(a.name for a in artifacts),
         info=_report_info(model, target, size, runtime, x),
     )
-    write_text_atomic(out_dir / "report.json", report.to_json())
-    write_text_atomic(out_dir / "report.md", report.to_markdown())
+    _write_report(out_dir, report, manifest)
     return Outcome(out_dir, report)
 
 

@@ -13,6 +13,7 @@ user file sets `override = true` on that model.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,8 @@ from zoo.errors import UsageError, unknown_name
 
 ENTRY_POINT_GROUP = "zoo.registries"
 ENV_VAR = "ZOO_REGISTRY"
-ROLES = ("teacher", "student")
+ROLES = ("teacher", "student", "embedder")  # embedder: neither teaches nor is distilled
+CLASH_HINT = "rename it, or set `override = true` on it to replace the earlier one"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -37,7 +39,7 @@ class Checkpoint:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    role: str  # teacher | student
+    role: str  # teacher | student | embedder (the default in a registry file)
     architecture: str  # "timm:NAME" (or a bare timm name), "module:function", or "path/to/model.onnx"
     embedding_dim: int
     input_size: int
@@ -92,60 +94,162 @@ class ModelSpec:
         return d
 
 
-def spec_from_dict(name: str, data: dict, source: Path | str = "") -> ModelSpec:
-    """Build a ModelSpec from one TOML table, with a readable error for each problem."""
-    where = f"model {name!r} in {source}" if source else f"model {name!r}"
-    data = dict(data)
-    data.pop("override", None)
-    known = {f for f in ModelSpec.__dataclass_fields__} - {"name", "source"}
-    extra = sorted(set(data) - known)
+NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a folder name, and a bare TOML key
+SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+TOP_LEVEL_KEYS = ("models", "targets")  # [targets.NAME] tables are read by zoo.targets, not here
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # TOML's true is not 1
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_positive_int(v) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _is_text(v) -> bool:
+    return isinstance(v, str) and v.strip() != ""
+
+
+def _is_triple(v, ok) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 3 and all(ok(x) for x in v)
+
+
+# field: (is the value acceptable, what an acceptable value is). checkpoint and target_input_sizes
+# are checked part by part in _field_problems, to name the part that is wrong.
+FIELD_RULES = {
+    "role": (lambda v: isinstance(v, str) and v in ROLES, "one of " + ", ".join(ROLES)),
+    "architecture": (_is_text, "a non-empty string"),
+    "embedding_dim": (_is_positive_int, "a positive integer"),
+    "input_size": (_is_positive_int, "a positive integer"),
+    "embedding_space": (_is_text, "a non-empty string"),
+    "teacher": (_is_text, "a model name (a non-empty string)"),
+    "architecture_args": (lambda v: isinstance(v, dict), "a table"),
+    "head": (lambda v: isinstance(v, (list, tuple)) and all(map(_is_positive_int, v)), "a list of positive integers"),
+    "head_dropout": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "normalize": (lambda v: isinstance(v, bool), "true or false"),
+    "mean": (lambda v: _is_triple(v, _is_number), "a list of 3 numbers"),
+    "std": (lambda v: _is_triple(v, lambda x: _is_number(x) and x > 0), "a list of 3 positive numbers"),
+    "seed": (_is_int, "an integer"),
+    "description": (lambda v: isinstance(v, str), "a string"),
+    "tags": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "a table of strings"),
+    "override": (lambda v: isinstance(v, bool), "true or false"),
+}
+REQUIRED = ("architecture", "embedding_dim", "input_size", "embedding_space")
+
+
+def _shown(value) -> str:
+    """A value as an error message quotes it: its repr (cut short) and its type."""
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _field_problems(data: dict) -> list[str]:
+    """Every field whose type or range is wrong, each as 'FIELD must be WHAT, not VALUE (TYPE)'."""
+    problems = []
+    for key, (ok, what) in FIELD_RULES.items():
+        if key in data and not ok(data[key]):
+            problems.append(f"{key} must be {what}, not {_shown(data[key])}")
+    ck = data.get("checkpoint")
+    if "checkpoint" in data and not isinstance(ck, dict):
+        problems.append(f"checkpoint must be a table {{ path = ..., sha256 = ... }}, not {_shown(ck)}")
+    elif isinstance(ck, dict):
+        extra = sorted(set(ck) - {"path", "sha256"})
+        if extra:
+            problems.append(f"checkpoint has unknown field(s) {', '.join(extra)} (it takes path and sha256)")
+        if not _is_text(ck.get("path")):
+            problems.append(f"checkpoint.path must be a non-empty string, not {_shown(ck.get('path'))}")
+        if not (isinstance(ck.get("sha256"), str) and SHA256.fullmatch(ck["sha256"])):
+            problems.append(f"checkpoint.sha256 must be 64 hex digits, not {_shown(ck.get('sha256'))}")
+    sizes = data.get("target_input_sizes")
+    if "target_input_sizes" in data and not isinstance(sizes, dict):
+        problems.append(f"target_input_sizes must be a table of TARGET = SIZE, not {_shown(sizes)}")
+    elif isinstance(sizes, dict):
+        for target, size in sizes.items():
+            if not _is_positive_int(size):
+                problems.append(f"target_input_sizes.{target} must be a positive integer, not {_shown(size)}")
+    return problems
+
+
+def _spec_problems(data: dict) -> tuple[list[str], list[str]]:
+    """(problems, hints) of one model's table: unknown and missing fields, wrong types and ranges,
+    and fields that do not fit together."""
+    known = sorted(set(ModelSpec.__dataclass_fields__) - {"name", "source"})
+    problems, hints = [], []
+    extra = sorted(set(data) - set(known) - {"override"})
     if extra:
-        raise UsageError(f"{where}: unknown field(s) {', '.join(extra)}", hint="fields: " + ", ".join(sorted(known)))
-    missing = [f for f in ("role", "architecture", "embedding_dim", "input_size", "embedding_space") if f not in data]
+        problems.append(f"unknown field(s) {', '.join(extra)}")
+        hints.append("fields: " + ", ".join(known) + ", override")
+    missing = [f for f in REQUIRED if f not in data]
     if missing:
-        raise UsageError(f"{where}: missing field(s) {', '.join(missing)}")
-    if data["role"] not in ROLES:
-        raise UsageError(f"{where}: role must be one of {', '.join(ROLES)}, not {data['role']!r}")
-    base = Path(source).parent if source else Path.cwd()
-    checkpoint = None
-    if "checkpoint" in data:
-        ck = data.pop("checkpoint")
-        if not isinstance(ck, dict) or "path" not in ck or "sha256" not in ck:
-            raise UsageError(f"{where}: checkpoint needs both 'path' and 'sha256'")
-        path = Path(ck["path"]).expanduser()
-        checkpoint = Checkpoint(path if path.is_absolute() else base / path, str(ck["sha256"]).lower())
-    arch = str(data["architecture"])
-    if arch.endswith(".onnx") and not Path(arch).is_absolute():
-        data["architecture"] = str(base / arch)
-    try:
-        spec = ModelSpec(
-            name=name,
-            checkpoint=checkpoint,
-            head=tuple(int(w) for w in data.pop("head", ())),
-            mean=tuple(float(v) for v in data.pop("mean", IMAGENET_MEAN)),
-            std=tuple(float(v) for v in data.pop("std", IMAGENET_STD)),
-            source=str(source),
-            **data,
-        )
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{where}: {exc}") from exc
-    _check_spec(spec, where)
-    return spec
+        problems.append(f"missing field(s) {', '.join(missing)}")
+    problems += _field_problems(data)
+    if problems:  # the checks below assume well-typed fields
+        return problems, hints
+
+    role = data.get("role", "embedder")
+    if role == "student" and "teacher" not in data:
+        problems.append("a student names its teacher")
+        hints.append('add teacher = "NAME", or drop role = "student" for a model that is not distilled')
+    if role == "embedder" and "teacher" in data:
+        problems.append(f"an embedder (the role when none is given) names no teacher, not {data['teacher']!r}")
+        hints.append('set role = "student" on a model distilled from a teacher')
+    head = data.get("head", ())
+    if head and head[-1] != data["embedding_dim"]:
+        problems.append(f"the projection head ends at {head[-1]} but embedding_dim is {data['embedding_dim']}")
+    arch = data["architecture"]
+    if data.get("architecture_args") and (arch.endswith(".onnx") or ":" in arch and not arch.startswith("timm:")):
+        problems.append(f"architecture_args are passed to timm; {arch} is not a timm model")
+    return problems, hints
 
 
-def _check_spec(spec: ModelSpec, where: str) -> None:
-    if spec.embedding_dim <= 0 or spec.input_size <= 0:
-        raise UsageError(f"{where}: embedding_dim and input_size must be positive")
-    if spec.architecture_args and spec.architecture_kind != "timm":
-        raise UsageError(f"{where}: architecture_args are passed to timm; {spec.architecture} is not a timm model")
-    if spec.head and spec.head[-1] != spec.embedding_dim:
-        raise UsageError(
-            f"{where}: the projection head ends at {spec.head[-1]} but embedding_dim is {spec.embedding_dim}"
-        )
-    if len(spec.mean) != 3 or len(spec.std) != 3 or any(s <= 0 for s in spec.std):
-        raise UsageError(f"{where}: mean and std need three values each, std > 0")
-    if spec.role == "student" and not spec.teacher:
-        raise UsageError(f"{where}: a student names its teacher")
+def _absolute(path: str, base: Path) -> Path:
+    """`path` (with ~ expanded) against `base`, absolute, without resolving symlinks."""
+    return Path(os.path.abspath(base / Path(path).expanduser()))
+
+
+def spec_from_dict(name: str, data: dict, source: Path | str = "") -> ModelSpec:
+    """Build a ModelSpec from one TOML table; every problem with it in one UsageError.
+
+    Relative checkpoint and .onnx paths are relative to the registry file (`source`), else to the
+    current directory; the spec holds them absolute, so it works from any directory.
+    """
+    where = f"model {name!r} in {source}" if source else f"model {name!r}"
+    if not isinstance(data, dict):
+        raise UsageError(f"{where}: must be a table of fields ([models.{name}]), not {_shown(data)}")
+    data = {k: v for k, v in data.items() if v is not None}  # None (never in TOML): not set, as in to_dict()
+    problems, hints = _spec_problems(data)
+    if not (isinstance(name, str) and NAME_CHARS.fullmatch(name)):
+        problems.insert(0, f"the name {name!r} must be letters, digits, '_' and '-', starting with a letter or digit")
+    if problems:
+        raise UsageError(f"{where}: " + "; ".join(problems), hint="; ".join(hints) or None)
+
+    base = Path(source).parent if source else Path()
+    fields = {k: v for k, v in data.items() if k != "override"}
+    if "checkpoint" in fields:
+        ck = fields["checkpoint"]
+        fields["checkpoint"] = Checkpoint(_absolute(ck["path"], base), ck["sha256"].lower())
+    if fields["architecture"].endswith(".onnx"):
+        fields["architecture"] = str(_absolute(fields["architecture"], base))
+    for key in ("architecture_args", "target_input_sizes", "tags"):
+        if key in fields:
+            fields[key] = dict(fields[key])
+    return ModelSpec(
+        name=name,
+        role=fields.pop("role", "embedder"),
+        head=tuple(fields.pop("head", ())),
+        head_dropout=float(fields.pop("head_dropout", 0.0)),
+        mean=tuple(float(v) for v in fields.pop("mean", IMAGENET_MEAN)),
+        std=tuple(float(v) for v in fields.pop("std", IMAGENET_STD)),
+        source=str(source),
+        **fields,
+    )
 
 
 class Registry:
@@ -156,15 +260,19 @@ class Registry:
         for spec in specs:
             self.add(spec)
 
+    def _clash(self, spec: ModelSpec) -> str | None:
+        if spec.name in self._specs:
+            return f"model {spec.name!r} from {spec.source} is already registered by {self._specs[spec.name].source}"
+        return None
+
     def add(self, spec: ModelSpec, override: bool = False) -> None:
-        if spec.name in self._specs and not override:
-            raise UsageError(
-                f"model {spec.name!r} from {spec.source} is already registered by {self._specs[spec.name].source}",
-                hint="rename it, or set `override = true` on it to replace the earlier one",
-            )
+        clash = self._clash(spec)
+        if clash and not override:
+            raise UsageError(clash, hint=CLASH_HINT)
         self._specs[spec.name] = spec
 
     def add_file(self, path: Path) -> None:
+        """Add every model of a registry file, or none: all of the file's problems in one UsageError."""
         path = Path(path)
         try:
             data = tomllib.loads(path.read_text())
@@ -172,11 +280,37 @@ class Registry:
             raise UsageError(f"registry file {path} does not exist") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"registry file {path} is not valid TOML: {exc}") from None
-        models = data.get("models")
+        problems, hints = [], []
+        unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
+        if unknown:
+            problems.append(f"registry file {path}: unknown top-level key(s) {', '.join(unknown)}")
+            hints.append("a registry file holds [models.NAME] tables (and [targets.NAME] tables)")
+        models = data.get("models", {})
         if not isinstance(models, dict):
-            raise UsageError(f"registry file {path} has no [models.NAME] tables")
+            problems.append(
+                f"registry file {path}: models must be a table of [models.NAME] tables, not {_shown(models)}"
+            )
+            models = {}
+        elif not data.keys() & set(TOP_LEVEL_KEYS):
+            problems.append(f"registry file {path} has no [models.NAME] tables")
+        specs = []
         for name, table in models.items():
-            self.add(spec_from_dict(name, table, path), override=bool(table.get("override", False)))
+            try:
+                spec = spec_from_dict(name, table, path)
+            except UsageError as exc:
+                problems.append(str(exc))
+                hints.append(exc.hint)
+                continue
+            override = table.get("override", False)
+            clash = self._clash(spec)
+            if clash and not override:
+                problems.append(clash)
+                hints.append(CLASH_HINT)
+            specs.append((spec, override))
+        if problems:
+            raise UsageError("; ".join(problems), hint="; ".join(dict.fromkeys(h for h in hints if h)) or None)
+        for spec, override in specs:
+            self.add(spec, override=override)
 
     def get(self, name: str) -> ModelSpec:
         try:
@@ -197,12 +331,24 @@ class Registry:
         return len(self._specs)
 
     def check_teachers(self) -> None:
-        for spec in self._specs.values():
-            if spec.teacher and spec.teacher not in self._specs:
-                err = unknown_name("model", spec.teacher, self._specs)
-                raise UsageError(
-                    f"model {spec.name!r} names teacher {spec.teacher!r}, which is not registered", err.hint
+        """Every named teacher is registered and has role "teacher"; all problems in one UsageError."""
+        problems, hints = [], []
+        for spec in self:
+            if not spec.teacher:
+                continue
+            teacher = self._specs.get(spec.teacher)
+            if teacher is None:
+                problems.append(f"model {spec.name!r} names teacher {spec.teacher!r}, which is not registered")
+                hints.append(unknown_name("model", spec.teacher, self._specs).hint)
+            elif teacher.role != "teacher":
+                problems.append(
+                    f"model {spec.name!r} names teacher {teacher.name!r}, whose role is {teacher.role!r}, not 'teacher'"
                 )
+                hints.append(
+                    f'set role = "teacher" on {teacher.name!r} ({teacher.source or "its registry"}) if it teaches'
+                )
+        if problems:
+            raise UsageError("; ".join(problems), hint="; ".join(hints))
 
 
 def builtin_registry_files() -> list[Path]:
@@ -225,10 +371,17 @@ def load_registry(extra_paths: Sequence[Path | str] = ()) -> Registry:
     """The built-in specs, then entry-point registries, then ZOO_REGISTRY, then explicit paths."""
     registry = Registry()
     env_paths = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    problems, hints = [], []
     for path in [*builtin_registry_files(), *_entry_point_files(), *env_paths, *extra_paths]:
         path = Path(path)
         for file in sorted(path.glob("*.toml")) if path.is_dir() else [path]:
-            registry.add_file(file)
+            try:
+                registry.add_file(file)
+            except UsageError as exc:  # go on, to report every file's problems at once
+                problems.append(str(exc))
+                hints.append(exc.hint)
+    if problems:
+        raise UsageError("; ".join(problems), hint="; ".join(h for h in hints if h) or None)
     registry.check_teachers()
     return registry
 
@@ -247,17 +400,24 @@ def _toml_value(value) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return path
+
+
 def spec_to_toml(spec: ModelSpec, *, override: bool = False, relative_to: Path | None = None) -> str:
-    """One `[models.NAME]` table; checkpoint paths relative to `relative_to` when given."""
+    """One `[models.NAME]` table; checkpoint and .onnx paths relative to `relative_to` when given
+    (and when they lie under it)."""
     d = spec.to_dict()
     name = d.pop("name")
     d.pop("source")
-    if d.get("checkpoint") and relative_to is not None:
-        path = Path(d["checkpoint"]["path"])
-        try:
-            d["checkpoint"]["path"] = str(path.resolve().relative_to(Path(relative_to).resolve()))
-        except ValueError:
-            pass
+    if relative_to is not None:
+        if d.get("checkpoint"):
+            d["checkpoint"]["path"] = _relative(d["checkpoint"]["path"], relative_to)
+        if spec.architecture_kind == "onnx":
+            d["architecture"] = _relative(d["architecture"], relative_to)
     lines = [f"[models.{name}]"]
     if override:
         lines.append("override = true")
@@ -269,11 +429,11 @@ def spec_to_toml(spec: ModelSpec, *, override: bool = False, relative_to: Path |
 
 
 def upsert_registry_file(path: Path, spec: ModelSpec, *, override: bool = False) -> None:
-    """Add (or replace) one model's table in a user registry file, atomically."""
-    import os
-
+    """Add (or replace) one model's table in a user registry file, atomically; its [targets.NAME]
+    tables are kept (comments are not)."""
     path = Path(path)
     tables: dict[str, str] = {}
+    targets: list[str] = []
     if path.exists():
         current = tomllib.loads(path.read_text())
         for name, table in current.get("models", {}).items():
@@ -281,7 +441,13 @@ def upsert_registry_file(path: Path, spec: ModelSpec, *, override: bool = False)
                 tables[name] = spec_to_toml(
                     spec_from_dict(name, table, path), override=bool(table.get("override")), relative_to=path.parent
                 )
+        for name, table in current.get("targets", {}).items():
+            if not isinstance(table, dict):
+                raise UsageError(f"registry file {path}: targets.{name} is not a [targets.{name}] table")
+            targets.append(f"[targets.{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in table.items()))
     tables[spec.name] = spec_to_toml(spec, override=override, relative_to=path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("# zoo model registry (written by zoo)\n\n" + "\n".join(tables[n] for n in sorted(tables)))
+    tmp.write_text(
+        "# zoo model registry (written by zoo)\n\n" + "\n".join([*(tables[n] for n in sorted(tables)), *targets])
+    )
     os.replace(tmp, path)

@@ -103,6 +103,9 @@ class Report:
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
         text.insert(1, "  ".join("-" * w for w in widths))
+        for ch in self.checks:  # a failure names what failed, not only "0/1"
+            if ch.status is Status.FAIL and ch.detail:
+                text.append(f"FAIL {ch.artifact or '—'}: {ch.name}: {ch.detail}")
         for warning in self.warnings:
             text.append(f"WARNING: {warning}")
         c = self.counts

@@ -58,6 +58,7 @@ class Artifact:
     description: str = ""
     runtime: str = ""  # the runtime that validates it; empty = the target's runtime
     host_l2_normalize: bool = False  # the artifact leaves L2 normalization to the host (e.g. Hailo)
+    facts: dict = field(default_factory=dict)  # what a format inspector needs to re-check it (kept in the manifest)
 
 
 DEFAULT_CALIBRATION_COUNT = 128  # stable int8 ranges on the reference photos, minutes less than 300
@@ -102,6 +103,7 @@ class ConvertContext:
 class Converter(Protocol):
     name: str
     extra: str  # the pip extra that brings this step's toolchain
+    calibrated: bool  # optional, default False: the step reads a calibration set (see uses_calibration)
 
     def preflight(self, ctx: ConvertContext, upstream: Artifact | None) -> list[str]:
         """Everything this step cannot handle, listed at once (empty when it can go ahead)."""
@@ -131,6 +133,11 @@ def get_converter(name: str, target: str = "") -> Converter:
         hint=f"available steps: {', '.join(available_steps())}; a plugin can add it "
         f"through the '{ENTRY_POINT_GROUP}' entry-point group",
     )
+
+
+def uses_calibration(step: Converter) -> bool:
+    """Whether `--calibration` means anything to this step (a plugin step that never says: no)."""
+    return bool(getattr(step, "calibrated", False))
 
 
 def missing_steps(target: TargetSpec) -> list[str]:

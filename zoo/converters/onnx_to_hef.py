@@ -35,16 +35,26 @@ from zoo.hailo import (
     RECOMMENDED_CALIBRATION,
     net_name_for,
 )
+from zoo.metadata import host_l2 as host_l2_metadata
+from zoo.metadata import normalization_inside
 
 
-def _bundle_path(ctx: ConvertContext) -> Path:
-    """Where the bundle ends up: the pipeline stages into a sibling of the final directory."""
-    return ctx.workdir.parent / ctx.target.name
+def emulated_metadata(metadata: dict[str, str], host_l2: bool) -> dict[str, str]:
+    """The emulated int8 model takes what the chip takes — NHWC pixels 0–255 (a float32 tensor of whole
+    values, quantized to uint8 at its input) — with the normalization inside: its metadata says so and
+    carries the model's mean/std only as `folded_mean`/`folded_std`."""
+    return normalization_inside(
+        host_l2_metadata(metadata, host_l2),
+        layout="NHWC",
+        dtype="float32",
+        how="the model script's normalization layer, as on the chip",
+    )
 
 
 class OnnxToHef:
     name = "onnx_to_hef"
     extra = "hailo"
+    calibrated = True  # reads a calibration set (--calibration)
 
     def preflight(self, ctx: ConvertContext, upstream: Artifact | None) -> list[str]:
         onnx = require("onnx", self.extra)
@@ -63,7 +73,7 @@ class OnnxToHef:
     def convert(self, ctx: ConvertContext, upstream: Artifact | None) -> list[Artifact]:
         onnx = require("onnx", self.extra)
         from zoo.calibration import build_calibration_set
-        from zoo.hailo.bundle import compile_instructions, write_parity_reference
+        from zoo.hailo.bundle import BUNDLE_ARG, compile_instructions, write_parity_reference
         from zoo.hailo.dfc import DfcJob, dfc_unavailable_reason, not_run_checks, run_dfc
         from zoo.hailo.emulation import build_emulated_model
         from zoo.hailo.estimate import count_gflops, estimate_latency, latency_check
@@ -138,7 +148,7 @@ class OnnxToHef:
                 calibration_nhwc=calibration.images,
                 mean=ctx.model.mean,
                 std=ctx.model.std,
-                metadata={**ctx.metadata, "l2_normalized": "false", "host_l2_normalize": str(host_l2).lower()},
+                metadata=emulated_metadata(ctx.metadata, host_l2),
             )
         ctx.checks.append(_photo_parity_check(work / EMULATED_FILE, parity, ctx.target.min_cosine_vs_source))
         if plan.not_emulated:
@@ -162,7 +172,7 @@ class OnnxToHef:
                 f"{ctx.target.device or 'the device'} decides"
             )
 
-        bundle = str(_bundle_path(ctx))
+        bundle = BUNDLE_ARG  # from inside the bundle: no host path in the bundle's files
         record = {
             "hw_arch": HW_ARCH,
             "net_name": net,
@@ -176,7 +186,9 @@ class OnnxToHef:
             "end_node_names": list(report.output_nodes),
             "net_input_shapes": report.input_shapes,
             "input": {
-                "onnx": "NCHW float32 RGB, normalized: (x/255 - mean)/std",
+                "onnx": "NCHW float32 RGB, normalized on the host: (x/255 - mean)/std",
+                "emulated_int8": "NHWC float32 RGB whole pixels 0-255 (quantized to uint8 at the input); the "
+                "normalization is inside",
                 "hef": "NHWC uint8 RGB 0-255; the normalization runs on the chip (model script)",
                 "size": [ctx.input_size, ctx.input_size],
                 "mean": list(ctx.model.mean),
@@ -257,7 +269,7 @@ class OnnxToHef:
                 Artifact(HAR_FILE, "hailo-har", runnable=False, description="Hailo archive"),
             ]
         else:
-            compile_hint = f"compile on a DFC host: zoo hailo compile {bundle}"
+            compile_hint = f"compile on a DFC host, from inside the bundle folder: zoo hailo compile {bundle}"
             ctx.checks += not_run_checks(reason, compile_hint)
             ctx.warnings.append(
                 f"NO .hef WAS PRODUCED: {reason}. The bundle holds everything to compile it — {compile_hint} "
@@ -265,7 +277,7 @@ class OnnxToHef:
             )
             record |= {"hef": None, "hef_status": f"not compiled: {reason}"}
             head = []
-        (work / COMPILE_FILE).write_text(compile_instructions(bundle, record, compiled=bool(head)))
+        (work / COMPILE_FILE).write_text(compile_instructions(record, compiled=bool(head)))
         ctx.records["hailo"] = record
         return [*head, *tail]
 

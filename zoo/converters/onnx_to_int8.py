@@ -64,6 +64,7 @@ def scheme_for(graph) -> QdqScheme:
 class OnnxToInt8:
     name = "onnx_to_int8"
     extra = "onnx"
+    calibrated = True  # reads a calibration set (--calibration)
 
     def preflight(self, ctx: ConvertContext, upstream: Artifact | None) -> list[str]:
         require("onnxruntime", self.extra)

@@ -52,6 +52,7 @@ def float_tail(model) -> list[str]:
 class OpenVinoToInt8:
     name = "openvino_to_int8"
     extra = EXTRA
+    calibrated = True  # reads a calibration set (--calibration)
 
     def preflight(self, ctx: ConvertContext, upstream: Artifact | None) -> list[str]:
         require("openvino", self.extra)

@@ -139,6 +139,7 @@ class TfliteToInt8:
 
     name = "tflite_to_int8_static"
     extra = EXTRA
+    calibrated = True  # reads a calibration set (--calibration)
     dynamic = False
     op_types = WEIGHT_OPS
 
@@ -218,6 +219,7 @@ class TfliteToInt8Dynamic(TfliteToInt8):
     trained reference ConvNeXt: worst view vs fp32 0.9996 here, static int8 0.987."""
 
     name = "tflite_to_int8"
+    calibrated = False  # dynamic-range: no calibration set
     dynamic = True
     # Depthwise convolutions stay float: XNNPACK has no fast dynamically quantized depthwise kernel
     # (efficientnet_b0 at 224 px: 0.50× the fp32 speed with them int8, 1.08–1.22× without).

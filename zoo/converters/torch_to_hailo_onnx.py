@@ -22,6 +22,7 @@ import dataclasses
 from zoo.converters import Artifact, ConvertContext
 from zoo.converters.torch_to_onnx import TorchToOnnx
 from zoo.fidelity import Check, Fidelity, Status
+from zoo.metadata import host_l2 as host_l2_metadata
 
 HAILO_OPSET = 17
 
@@ -64,12 +65,11 @@ class TorchToHailoOnnx(TorchToOnnx):
 
     def convert(self, ctx: ConvertContext, upstream: Artifact | None) -> list[Artifact]:
         host_l2 = bool(ctx.model.normalize)
+        # this ONNX takes the normalized NCHW tensor (ctx.metadata's contract); only the .hef compiled
+        # from it takes raw pixels, which its own manifest record states
         metadata = {
-            **ctx.metadata,
-            "l2_normalized": "false",
-            "host_l2_normalize": "true" if host_l2 else "false",
-            "preprocessing": "ONNX: NCHW float32 RGB, (x/255 - mean)/std; the .hef: NHWC uint8 RGB 0-255 "
-            "(normalization in model.alls)",
+            **host_l2_metadata(ctx.metadata, host_l2),
+            "hef_input": "NHWC uint8 RGB 0-255, normalization on the chip (model.alls)",
         }
         if ctx.torch_model is not None:
             model, switched = host_l2_variant(ctx.torch_model)

@@ -174,8 +174,27 @@ def wrapped_model(ctx: ConvertContext):
     return litert_torch.to_channel_last_io(ctx.torch_model, args=[0]).eval()
 
 
-def artifact_metadata(ctx: ConvertContext, precision: str) -> dict[str, str]:
-    return {**ctx.metadata, "layout": ctx.target.input_layout, "tflite_precision": precision}
+def input_contract(path: Path) -> dict[str, str]:
+    """The first input's element type as the flatbuffer declares it (and its quantization when it is not
+    float): an int8 step could change it, so it is read from the file, never assumed."""
+    schema = tflite_schema()
+    graph = schema.Model.GetRootAsModel(Path(path).read_bytes(), 0).Subgraphs(0)
+    tensor = graph.Tensors(graph.Inputs(0))
+    names = {v: k.lower() for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    dtype = names.get(tensor.Type(), f"tflite type {tensor.Type()}")
+    out = {"input_dtype": dtype}
+    q = tensor.Quantization()
+    if dtype != "float32" and q is not None and q.ScaleLength():
+        out["input_quantization"] = (
+            f"normalize as stated, then q = round(x / {q.Scale(0):.9g}) + {q.ZeroPoint(0)} ({dtype})"
+        )
+    return out
+
+
+def artifact_metadata(ctx: ConvertContext, precision: str, path: Path | None = None) -> dict[str, str]:
+    layout = ctx.target.input_layout
+    meta = {**ctx.metadata, "input_layout": layout, "layout": layout, "tflite_precision": precision}
+    return {**meta, **input_contract(path)} if path is not None else meta
 
 
 class TorchToTflite:
@@ -239,4 +258,4 @@ def finish(ctx: ConvertContext, out: Path, precision: str, extra: dict[str, str]
         raise ConversionError(
             f"{out.name} has {len(bad)} op(s) the LiteRT builtin runtime cannot run: " + ", ".join(bad)
         )
-    embed_metadata(out, {**artifact_metadata(ctx, precision), **(extra or {})})
+    embed_metadata(out, {**artifact_metadata(ctx, precision, out), **(extra or {})})

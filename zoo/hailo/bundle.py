@@ -22,6 +22,7 @@ from zoo.fidelity import Check, Fidelity, Status
 from zoo.hailo import (
     CALIBRATION_FILE,
     DFC_HINT,
+    EMULATED_FILE,
     HAR_FILE,
     HEF_FILE,
     HW_ARCH,
@@ -66,12 +67,24 @@ def load_parity_reference(path: Path) -> ParityReference:
         )
 
 
-def compile_instructions(bundle: str, record: dict, *, compiled: bool = False) -> str:
+# Commands in the bundle's files name the bundle as `.` (run from inside it): the bundle is copied
+# between hosts, so the build host's absolute path would be wrong, and it is the build host's business.
+BUNDLE_ARG = "."
+
+
+def compile_instructions(record: dict, *, compiled: bool = False) -> str:
     """COMPILE.md: the exact command, what it runs, and the host-side contract of the .hef."""
     shapes = record["net_input_shapes"]
     (inp, shape), *_ = shapes.items()
     end = ", ".join(record["end_node_names"])
     size = f"{shape[3]}×{shape[2]}"
+    dim = record["output_dim"]
+    output = (
+        f"the {dim}-d embedding **before L2 normalization**: divide it by its L2 norm on the host "
+        "(`host_l2_normalize: true` in manifest.json), or embeddings will not match the other artifacts."
+        if record.get("host_l2_normalize", True)
+        else f"the {dim}-d embedding as the source model gives it (the model has no L2 normalization)."
+    )
     status = (
         f"This bundle's {HEF_FILE} was compiled where zoo made it; the command below compiles it again."
         if compiled
@@ -84,9 +97,10 @@ It holds everything the DFC needs: the Hailo-ready ONNX ({ONNX_FILE}), the model
 ({MODEL_SCRIPT_FILE}), the calibration set ({CALIBRATION_FILE}, NHWC float32, 0–255, sha256 in
 manifest.json) and the reference embeddings for the parity ladder ({PARITY_FILE}).
 
-On an x86-64 Linux host with Hailo's DFC (`hailo_sdk_client`) and zoo installed:
+On an x86-64 Linux host with Hailo's DFC (`hailo_sdk_client`) and zoo installed, from inside this
+folder (every path here is relative to it):
 
-    zoo hailo compile {bundle}
+    zoo hailo compile {BUNDLE_ARG}
 
 It checks every file against manifest.json, then runs
 `ClientRunner(hw_arch="{HW_ARCH}")` → `translate_onnx_model("{ONNX_FILE}", "{record["net_name"]}",
@@ -101,15 +115,20 @@ The same with Hailo's own command-line tool (flags as in Hailo's DFC documentati
     hailo optimize model.har --hw-arch {HW_ARCH} --calib-set-path {CALIBRATION_FILE} --model-script {MODEL_SCRIPT_FILE}
     hailo compiler model_optimized.har --hw-arch {HW_ARCH}
 
-Then, on the Raspberry Pi with HailoRT (`hailo_platform`): `zoo validate {bundle}` runs {HEF_FILE} on the
-Hailo-8L (parity and latency with `device` fidelity).
+Then, on the Raspberry Pi with HailoRT (`hailo_platform`), from inside this folder: `zoo validate {BUNDLE_ARG}`
+runs {HEF_FILE} on the Hailo-8L (parity and latency with `device` fidelity).
 
 ## Using the .hef
 
 - input: NHWC uint8 RGB, {size}: shorter side resized to {shape[2]} (bicubic), then center-cropped —
   no mean/std on the host, the normalization runs on the chip ({MODEL_SCRIPT_FILE});
-- output: the {record["output_dim"]}-d embedding **before L2 normalization**: divide it by its L2 norm on the
-  host (`host_l2_normalize: true` in manifest.json), or embeddings will not match the other artifacts.
+- output: {output}
+
+## The two ONNX files (their metadata states the same contract)
+
+- {ONNX_FILE}: NCHW float32, normalized on the host, (x/255 - mean)/std with the `mean`/`std` in its metadata;
+- {EMULATED_FILE}: NHWC float32 holding whole pixel values 0–255 (quantized to uint8 at its input, as the
+  chip receives them), the normalization inside: apply no mean/std (its metadata: `normalization`).
 """
 
 
@@ -261,7 +280,10 @@ def compile_bundle(directory: Path, *, progress: Progress = QUIET) -> CompileOut
         target=target["name"],
         checks=checks,
         artifacts=(HEF_FILE, HAR_FILE),
-        info={"bundle": str(bundle.directory), "next": f"on the device: zoo validate {bundle.directory}"},
+        info={
+            "bundle": bundle.directory.name,
+            "next": f"on the device, from inside the bundle: zoo validate {BUNDLE_ARG}",
+        },
     )
     write_text_atomic(bundle.path("hailo_compile.json"), json.dumps(report.to_dict(), indent=2) + "\n")
     return CompileOutcome(bundle.directory, report)

@@ -61,7 +61,7 @@ class ModelScript:
     commands: tuple[Command, ...]  # everything after normalization and the optimization flavor
     compiler_optimization_level: str = "max"
     override_text: str = ""
-    override_source: str = ""  # path of the user override file, when there is one
+    override_source: str = ""  # the user override file as the registry names it, when there is one
 
     @property
     def normalization_line(self) -> str:
@@ -166,7 +166,7 @@ def _recipe(family: str, net: str) -> tuple[int, tuple[Command, ...]]:
 
 
 def read_override(spec: ModelSpec) -> tuple[str, str]:
-    """(text, path) of the user's model-script override named by the spec's tags, or ("", "")."""
+    """(text, label) of the user's model-script override named by the spec's tags, or ("", "")."""
     value = (spec.tags or {}).get(OVERRIDE_TAG)
     if not value:
         return "", ""
@@ -180,7 +180,11 @@ def read_override(spec: ModelSpec) -> tuple[str, str]:
             f"model {spec.name!r}: the Hailo model-script override {path} cannot be read: {exc}",
             hint=f"tags.{OVERRIDE_TAG} is a path relative to the registry file {spec.source or '(unknown)'}",
         ) from None
-    return text, str(path)
+    # the label goes into model.alls and the manifest: the path as the registry names it (relative to the
+    # registry file), never the build host's absolute path
+    written = str(value)
+    label = path.name if Path(written).is_absolute() or written.startswith("~") else written
+    return text, label
 
 
 def build_model_script(

@@ -134,6 +134,17 @@ def read_cell(out_dir: Path, model: str, target: str, converted: bool = False) -
     return Cell(model, target, state, report, detail, str(out_dir), budget, pct, on, converted)
 
 
+def _output_dirs(outputs: Path) -> list[tuple[str, str]]:
+    """(model, target) of every `<outputs>/<model>/<target>/report.json`. Hidden entries are left
+    out: they are zoo's staging, swapped-out and lock files (`.server.old-123`), not outputs."""
+    found = []
+    for report in outputs.glob("*/*/report.json"):
+        model, target = report.parent.parent.name, report.parent.name
+        if not model.startswith(".") and not target.startswith("."):
+            found.append((model, target))
+    return found
+
+
 def collect(
     *,
     models: Sequence[str] = (),
@@ -163,12 +174,12 @@ def collect(
     if not models:
         if convert:
             raise UsageError("--convert needs the models to convert", hint="pass --models NAME … or --tier tiny")
-        models = sorted({p.parent.parent.name for p in outputs.glob("*/*/report.json")})
+        models = sorted({model for model, _ in _output_dirs(outputs)})
     if not targets:
         if convert:
             targets = [t.name for t in all_targets.values() if not missing_steps(t)]
         else:
-            targets = sorted({p.parent.name for p in outputs.glob("*/*/report.json")})
+            targets = sorted({target for _, target in _output_dirs(outputs)})
     if not models or not targets:
         raise UsageError(
             f"no output directories under {outputs}", hint="run `zoo convert` first, or pass --convert with --models"

@@ -71,6 +71,7 @@ def load_source(path: Path) -> SourceDir:
         raise UsageError(f"{path} has no report.json; it is not a complete zoo output directory") from None
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}/report.json is not valid JSON: {exc}") from None
+    _check_report_is_zoos(path, manifest, report)
     try:
         source = SourceDir(path, manifest, report)
         source.model, source.target, source.artifacts  # noqa: B018  (the fields every source needs)
@@ -88,6 +89,27 @@ def load_source(path: Path) -> SourceDir:
             hint=f"the output directory changed after it was validated; run `zoo convert` again or `zoo validate {path}`",
         )
     return source
+
+
+def _check_report_is_zoos(path: Path, manifest: dict, report: dict) -> None:
+    """report.json must be the one zoo wrote (its sha256 is in the manifest) and its verdict must be
+    what its own rows give: an edited verdict never gets packaged."""
+    from zoo.report import Report
+
+    hint = f"run `zoo validate {path}` to rebuild the report from the artifacts"
+    recorded = manifest.get("report_sha256")
+    if recorded is None:
+        raise IntegrityError(f"{path}/manifest.json does not pin report.json (written by an older zoo)", hint=hint)
+    if sha256_file(path / "report.json") != recorded:
+        raise IntegrityError(f"{path}/report.json differs from the one zoo wrote (sha256 in manifest.json)", hint=hint)
+    try:
+        verdict = Report.from_dict(report).verdict
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IntegrityError(f"{path}/report.json is not a zoo report ({exc})", hint=hint) from None
+    if verdict != report.get("verdict"):
+        raise IntegrityError(
+            f"{path}/report.json says {report.get('verdict')!r} but its checks give {verdict!r}", hint=hint
+        )
 
 
 def gate(source: SourceDir, *, allow_untrained: bool) -> None:

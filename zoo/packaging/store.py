@@ -18,6 +18,7 @@ name and version, and only then renames the staging folder to the destination.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -28,6 +29,7 @@ from urllib.parse import urlparse
 
 from zoo.checkpoints import sha256_file
 from zoo.errors import UsageError, require
+from zoo.outputs import file_lock, remove_path, stale_entries
 from zoo.packaging.archive import read_sha256_sidecar, require_intact, safe_extract, write_sha256_sidecar
 from zoo.packaging.errors import IntegrityError, StoreError
 from zoo.packaging.package import check_name_version, read_package_manifest
@@ -99,30 +101,50 @@ class LocalStore:
     def _dir(self, name: str, version: str) -> Path:
         return self.root / name / version
 
+    def _published(self, final: Path, sha256: str, name: str, version: str) -> Published | None:
+        """None if `final` is not there; the same archive: already published; another: refused."""
+        if not os.path.lexists(final):
+            return None
+        existing = final / f"{name}-{version}.tar.gz.sha256"
+        recorded = read_sha256_sidecar(existing) if existing.is_file() else None
+        if recorded == sha256:
+            return Published(str(final), sha256, True)
+        raise StoreError(
+            f"{name}:{version} is already published in {self.root} with sha256 {recorded}, not {sha256}",
+            hint="published versions are immutable: publish under a new --version",
+        )
+
     def publish(self, archive: Path, sha256: str, name: str, version: str, manifest_path: Path) -> Published:
         final = self._dir(name, version)
-        if final.exists():
-            existing = final / f"{name}-{version}.tar.gz.sha256"
-            recorded = read_sha256_sidecar(existing) if existing.is_file() else None
-            if recorded == sha256:
-                return Published(str(final), sha256, True)
-            raise StoreError(
-                f"{name}:{version} is already published in {self.root} with sha256 {recorded}, not {sha256}",
-                hint="published versions are immutable: publish under a new --version",
-            )
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{version}.publish-", dir=final.parent))
-        try:
-            target = staging / f"{name}-{version}.tar.gz"
-            shutil.copyfile(archive, target)
-            if sha256_file(target) != sha256:
-                raise IntegrityError(f"{archive} changed while it was being published")
-            write_sha256_sidecar(target, sha256)
-            shutil.copyfile(manifest_path, staging / "manifest.json")
-            os.replace(staging, final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        # jobs publishing the same version take turns: the later one finds the earlier's and compares
+        with file_lock(final.parent / f".{version}.lock", waiting_for=f"{name}:{version} in {self.root}"):
+            for stale in stale_entries(final.parent, f".{version}.publish-"):
+                remove_path(stale)  # left by a publish that was killed
+            done = self._published(final, sha256, name, version)
+            if done is not None:
+                return done
+            staging = final.parent / f".{version}.publish-{os.getpid()}"
+            staging.mkdir()
+            try:
+                target = staging / f"{name}-{version}.tar.gz"
+                shutil.copyfile(archive, target)
+                if sha256_file(target) != sha256:
+                    raise IntegrityError(f"{archive} changed while it was being published")
+                write_sha256_sidecar(target, sha256)
+                shutil.copyfile(manifest_path, staging / "manifest.json")
+                os.replace(staging, final)
+            except OSError as exc:
+                remove_path(staging)
+                # a writer that takes no lock (an older zoo, another host) got there first
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                    done = self._published(final, sha256, name, version)
+                    if done is not None:
+                        return done
+                raise
+            except BaseException:
+                remove_path(staging)
+                raise
         return Published(str(final), sha256, False)
 
     def fetch(self, name: str, version: str, scratch: Path) -> Fetched:

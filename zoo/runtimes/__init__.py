@@ -39,18 +39,57 @@ class Session(Protocol):
         """NCHW float32 images → (N, D) float32 embeddings."""
 
 
+class SessionBase:
+    """A session's optional hooks with their defaults (as Polygraphy's BaseRunner declares its own).
+    Every session subclasses it, so the validators call the hooks without probing for them."""
+
+    batch: int | None = None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def latency_variants(self) -> dict[str, SessionBase]:
+        """{label: session}: the same artifact in other runtime configurations, timed beside the main
+        row and never gated (e.g. OpenVINO at its default precision). None by default."""
+        return {}
+
+    def with_batch(self, n: int) -> SessionBase | None:
+        """The artifact resized to batch n, or None when it cannot be (the default)."""
+        return None
+
+
 class Runtime(Protocol):
     name: str
     formats: frozenset[str]
     fidelity: Fidelity
     extra: str
+    measures_latency: bool
 
     def unavailable_reason(self) -> str | None:
         """None when the runtime can run here, else why not (shown as 'not run' in the report)."""
 
     def version(self) -> str: ...
 
-    def open(self, path: Path) -> Session: ...
+    def open(self, path: Path) -> SessionBase: ...
+
+
+class RuntimeBase:
+    """Defaults for a runtime; every runtime subclasses it (a plugin that does not is refused)."""
+
+    name = ""
+    formats: frozenset[str] = frozenset()
+    fidelity = Fidelity.MEASURED
+    extra = ""
+    measures_latency = True  # False for an emulation: its speed is not the device's
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def version(self) -> str:
+        return ""
+
+    def open(self, path: Path) -> SessionBase:
+        raise NotImplementedError
 
 
 def get_runtime(name: str) -> Runtime:
@@ -59,7 +98,14 @@ def get_runtime(name: str) -> Runtime:
         return getattr(importlib.import_module(module_name), cls)()
     eps = {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
     if name in eps:
-        return eps[name].load()()
+        runtime = eps[name].load()()
+        if not isinstance(runtime, RuntimeBase):
+            raise UsageError(
+                f"validation runtime {name!r} ({type(runtime).__qualname__}) does not subclass "
+                "zoo.runtimes.RuntimeBase",
+                hint="subclass RuntimeBase (and SessionBase for its sessions): they declare the optional hooks",
+            )
+        return runtime
     raise UsageError(
         f"validation runtime {name!r} is not built into this version of zoo",
         hint=f"available runtimes: {', '.join(sorted(set(BUILTIN) | set(eps)))}",

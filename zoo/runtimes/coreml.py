@@ -29,7 +29,7 @@ import numpy as np
 
 from zoo.errors import ConversionError, UsageError, require
 from zoo.fidelity import Fidelity
-from zoo.runtimes import module_missing
+from zoo.runtimes import RuntimeBase, SessionBase, module_missing
 
 COMPUTE_UNITS = ("ALL", "CPU_ONLY", "CPU_AND_GPU", "CPU_AND_NE")
 COMPUTE_UNITS_ENV = "ZOO_COREML_COMPUTE_UNITS"
@@ -81,7 +81,7 @@ def _mean_std(user_defined: dict) -> tuple[list[float], list[float]]:
         ) from exc
 
 
-class CoreMLDeviceSession:
+class CoreMLDeviceSession(SessionBase):
     """Core ML's own runtime (macOS): `MLModel.predict`, one sample per call for a batch-1 model.
 
     `ct` is the coremltools module (a stand-in in the tests, where no Core ML exists).
@@ -128,7 +128,7 @@ class CoreMLDeviceSession:
         return self.model.predict({self.input_name: feed})[self.output_name]
 
 
-class EmulatedImageSession:
+class EmulatedImageSession(SessionBase):
     """An emulated image-input model fed from normalized inputs: pixels as float32, not rounded."""
 
     def __init__(self, session, mean, std):
@@ -159,7 +159,7 @@ def open_emulated(path: Path):
     return session
 
 
-class CoreML:
+class CoreML(RuntimeBase):
     """ML Programs (.mlpackage): Core ML on macOS, the numpy MIL emulation elsewhere."""
 
     name = "coreml"

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from zoo.runtimes import SessionBase
+
 _INSTALL_HINT = "Core ML support needs the 'coreml' extra: pip install 'zoo[coreml]'"
 
 # numpy storage dtype for each MIL dtype name (types.builtin_to_string)
@@ -731,7 +733,7 @@ class MilExecutor:
         return {var.name: env[var.name] for var in self.function.outputs}
 
 
-class CoreMLEmulatedSession:
+class CoreMLEmulatedSession(SessionBase):
     """Single-input, single-output embedding model from a ``.mlpackage``, run with numpy.
 
     ``emulate_fp16=None`` follows the program's dtypes (fp16 ops rounded to fp16);

@@ -24,7 +24,7 @@ import numpy as np
 
 from zoo.errors import require
 from zoo.fidelity import Fidelity
-from zoo.runtimes import module_missing
+from zoo.runtimes import RuntimeBase, SessionBase, module_missing
 
 TIMEOUT_MS = 10_000
 
@@ -40,7 +40,7 @@ def to_uint8_pixels(x: np.ndarray, mean, std) -> np.ndarray:
     return np.clip(np.rint(to_pixels(x, mean, std)), 0, 255).astype(np.uint8)
 
 
-class EmulatedSession:
+class EmulatedSession(SessionBase):
     """The emulated int8 model on ONNX Runtime, as fake quantization: Q/DQ pairs run as written.
 
     Graph optimizations stay at the basic level on purpose: ONNX Runtime's extended level fuses QDQ
@@ -74,7 +74,7 @@ class EmulatedSession:
         return out.reshape(len(x), -1).astype(np.float32)
 
 
-class HailoInt8Emulation:
+class HailoInt8Emulation(RuntimeBase):
     name = "hailo_int8_emulation"
     formats = frozenset({"onnx-hailo-int8-emulated"})
     fidelity = Fidelity.EMULATED
@@ -100,7 +100,7 @@ def _input_spec(hef_path: Path) -> tuple[list[float], list[float]]:
     return list(model["mean"]), list(model["std"])
 
 
-class HailoRTSession:
+class HailoRTSession(SessionBase):
     """A .hef on the Hailo device through HailoRT: batch 1, uint8 NHWC in, float32 out."""
 
     batch = 1
@@ -134,7 +134,7 @@ class HailoRTSession:
         return np.concatenate(outs)
 
 
-class HailoRT:
+class HailoRT(RuntimeBase):
     name = "hailort"
     formats = frozenset({"hef"})
     fidelity = Fidelity.DEVICE

@@ -14,12 +14,12 @@ import numpy as np
 
 from zoo.errors import require
 from zoo.fidelity import Fidelity
-from zoo.runtimes import module_missing
+from zoo.runtimes import RuntimeBase, SessionBase, module_missing
 
 EXTRA = "tflite"
 
 
-class LiteRtSession:
+class LiteRtSession(SessionBase):
     def __init__(self, path: Path, threads: int | None = None):
         interpreter_module = require("ai_edge_litert.interpreter", EXTRA)
         self.path = Path(path)
@@ -75,7 +75,7 @@ def _spatial(shape, layout: str) -> tuple[int, int]:
     return (shape[1], shape[2]) if layout == "NHWC" else (shape[2], shape[3])
 
 
-class LiteRtRuntime:
+class LiteRtRuntime(RuntimeBase):
     name = "litert"
     formats = frozenset({"tflite"})
     fidelity = Fidelity.MEASURED

@@ -8,10 +8,10 @@ import numpy as np
 
 from zoo.errors import require
 from zoo.fidelity import Fidelity
-from zoo.runtimes import module_missing
+from zoo.runtimes import RuntimeBase, SessionBase, module_missing
 
 
-class OrtSession:
+class OrtSession(SessionBase):
     def __init__(self, path_or_bytes: Path | bytes, threads: int = 0):
         ort = require("onnxruntime", "onnx")
         options = ort.SessionOptions()
@@ -31,7 +31,7 @@ class OrtSession:
         return self._session.run(self.output_names[:1], {self.input_name: np.ascontiguousarray(x, np.float32)})[0]
 
 
-class OnnxRuntime:
+class OnnxRuntime(RuntimeBase):
     name = "onnxruntime"
     formats = frozenset({"onnx", "ort"})
     fidelity = Fidelity.MEASURED

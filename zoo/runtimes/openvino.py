@@ -14,7 +14,7 @@ import numpy as np
 
 from zoo.errors import require
 from zoo.fidelity import Fidelity
-from zoo.runtimes import module_missing
+from zoo.runtimes import RuntimeBase, SessionBase, module_missing
 
 EXTRA = "openvino"
 PARITY_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
@@ -26,7 +26,7 @@ def core():
     return ov.Core()
 
 
-class OpenVinoSession:
+class OpenVinoSession(SessionBase):
     def __init__(self, path: Path, config: dict | None = None, batch: int | None = 0, _model=None):
         ov = require("openvino", EXTRA)
         self._core = core()
@@ -71,7 +71,7 @@ def _precision_name(value: str) -> str:
     return value.replace("<Type: '", "").replace("'>", "").split(":")[-1].strip() or value
 
 
-class OpenVinoRuntime:
+class OpenVinoRuntime(RuntimeBase):
     name = "openvino"
     formats = frozenset({"openvino"})
     fidelity = Fidelity.MEASURED

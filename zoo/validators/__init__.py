@@ -15,7 +15,8 @@ from zoo.converters import Artifact
 from zoo.fidelity import Check, Fidelity, Status
 from zoo.progress import QUIET, Progress
 from zoo.registry import ModelSpec
-from zoo.runtimes import Runtime, get_runtime, run_in_batches
+from zoo.errors import UsageError
+from zoo.runtimes import Runtime, SessionBase, get_runtime, run_in_batches
 from zoo.targets import TargetSpec
 from zoo.validators import acceptance, checks, latency, timing
 
@@ -113,6 +114,12 @@ def validate_one(
     fid = runtime.fidelity
     name = artifact.name
     session = runtime.open(path)
+    if not isinstance(session, SessionBase):
+        raise UsageError(
+            f"runtime {runtime.name!r} opened {name} as a {type(session).__qualname__}, which does not subclass "
+            "zoo.runtimes.SessionBase",
+            hint="subclass SessionBase: it declares the optional hooks (latency_variants, with_batch)",
+        )
     out = run_in_batches(session, refs.inputs)
     rows = [checks.output_shape(out, len(refs.inputs), model.embedding_dim, fid, name)]
     if artifact.host_l2_normalize:
@@ -143,7 +150,7 @@ def validate_one(
         rows.append(checks.not_applicable("parity vs teacher", refs.teacher_reason, name))
     else:
         rows += teacher_checks(target, artifact, session, refs.teacher, fid)
-    if not getattr(runtime, "measures_latency", True):  # an emulation's speed is not the device's
+    if not runtime.measures_latency:  # an emulation's speed is not the device's
         return rows
     stats = latency.measure(session, refs.inputs.shape[-1], runs=latency_runs)
     rows += latency.latency_checks(stats, target, fid, name)

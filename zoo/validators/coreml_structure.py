@@ -334,6 +334,38 @@ def structural_checks(path: Path, expected: Expected, artifact: str) -> list[Che
     return checks_from(inspect(path), expected, artifact)
 
 
+class StructureInspector:
+    """The structural rows, from the saved model and what its conversion asked for (`facts`)."""
+
+    name = "coreml_structure"
+    formats = frozenset({"mlpackage", "mlmodel"})
+
+    def inspect(self, path: Path, artifact) -> list[Check]:
+        asked = artifact.facts.get(FACTS_KEY)
+        if not asked:
+            return [
+                Check(
+                    "Core ML structure",
+                    Status.NOT_RUN,
+                    Fidelity.NOT_RUN,
+                    artifact=path.name,
+                    detail="the manifest does not record what the conversion asked for; convert again",
+                )
+            ]
+        expected = Expected(**{**asked, "fp32_ops": frozenset(asked.get("fp32_ops", ()))})
+        return structural_checks(path, expected, path.name)
+
+
+FACTS_KEY = "coreml_expected"
+
+
+def expected_facts(expected: Expected) -> dict:
+    """`expected` as JSON-ready facts for the manifest (StructureInspector reads them back)."""
+    from dataclasses import asdict
+
+    return {FACTS_KEY: {**asdict(expected), "fp32_ops": sorted(expected.fp32_ops)}}
+
+
 def checks_from(s: Structure, expected: Expected, artifact: str) -> list[Check]:
     return [
         _format_check(s, expected, artifact),

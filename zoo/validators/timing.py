@@ -1,6 +1,6 @@
 """Timings beyond the batch-1 latency row: other configurations of the same artifact, and throughput.
 
-Both are optional parts of a runtime session, used when present:
+Both are optional hooks of a runtime session (zoo.runtimes.SessionBase declares them with defaults):
 
 - `session.latency_variants()` → {label: session}: the same artifact in another runtime configuration,
   timed like the main row (batch 1, warm-up, p50/p90/p99); e.g. OpenVINO at its default inference
@@ -31,8 +31,7 @@ def extra_timing_checks(
     session, target: TargetSpec, fidelity: Fidelity, artifact: str, input_size: int, runs: int
 ) -> list[Check]:
     rows: list[Check] = []
-    variants = getattr(session, "latency_variants", None)
-    for label, variant in (variants() if variants else {}).items():
+    for label, variant in session.latency_variants().items():
         stats = latency.measure(variant, input_size, runs=runs)
         pct = target.latency_percentile
         value = float(np.percentile(stats["times_ms"], pct))
@@ -61,7 +60,7 @@ def throughput_check(session, fidelity: Fidelity, artifact: str, input_size: int
         runner = session
     elif session.batch == batch:
         runner = session
-    elif hasattr(session, "with_batch"):
+    else:
         runner = session.with_batch(batch)
     if runner is None:
         return Check(
