@@ -44,8 +44,16 @@ def edit_json(path: Path, change) -> None:
 
 
 def edit_report(out: Path, change) -> None:
-    """Edit an output's report.json as a zoo run would write it: the manifest pins the new sha256."""
-    edit_json(out / "report.json", change)
+    """Edit an output's report.json as a zoo run would write it: verdict and counts follow the rows,
+    and the manifest pins the new sha256."""
+    from zoo.report import Report
+
+    def consistent(data):
+        change(data)
+        report = Report.from_dict(data)
+        data.update(verdict=report.verdict, counts=report.counts)
+
+    edit_json(out / "report.json", consistent)
     edit_json(out / "manifest.json", lambda m: m.update(report_sha256=sha256_file(out / "report.json")))
 
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from zoo.errors import CheckpointError
 from zoo.registry import Checkpoint
 
 _MAX_LISTED = 8
+# torch's UnpicklingError names the refused callable: "Unsupported global: GLOBAL eval was not an allowed
+# global …" or "Trying to load unsupported GLOBAL posix.system whose module posix is blocked"
+_GLOBAL = re.compile(r"GLOBAL\s+([\w.]+)")
+SAFE_HINT = (
+    "checkpoints are safetensors files or torch files of plain tensors: convert it to safetensors where it "
+    "was trained (safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) and register that file"
+)
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -39,16 +47,30 @@ def read_state_dict(checkpoint: Checkpoint) -> dict:
 
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # every loader error means the same to the user: unreadable file
-        raise CheckpointError(
-            f"checkpoint {path.name} cannot be read: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
-            hint="checkpoints are safetensors files or torch files of plain tensors (loaded with weights_only=True)",
-        ) from exc
+        raise _unreadable(path, exc) from exc
     for key in ("state_dict", "model"):  # common training-loop wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path.name} holds a {type(state).__name__}, not a state dict")
     return state
+
+
+def _unreadable(path: Path, exc: Exception) -> CheckpointError:
+    """Name what the file would have run; torch's own text advises loading it unsafely, never repeat it."""
+    text = str(exc)
+    found = _GLOBAL.search(text)
+    if found:
+        name = re.sub(r"^(posix|nt)\.", "os.", found.group(1))  # os.system pickles as posix.system
+        message = (
+            f"checkpoint {path.name} cannot be read safely: it would call {name} when loaded "
+            "(weights-only loading allows tensors only), so it was refused"
+        )
+    elif "weights_only" in text:
+        message = f"checkpoint {path.name} cannot be read safely: it holds objects other than tensors"
+    else:
+        message = f"checkpoint {path.name} cannot be read: {type(exc).__name__}: {text.splitlines()[0][:200]}"
+    return CheckpointError(message, hint=SAFE_HINT)
 
 
 def _listing(keys: list[str]) -> str:

@@ -22,8 +22,8 @@ from zoo.report import Report
 from zoo.runtimes import get_runtime
 from zoo.targets import TargetSpec, get_target, target_from_dict
 from zoo.validators import References, validate_artifacts
-from zoo.validators.inspectors import inspect_artifacts
 from zoo.validators.inputs import inputs_sha256, parity_inputs, preprocess, reference_photos
+from zoo.validators.inspectors import inspect_artifacts
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,7 @@ def convert(
     x, labels = parity_inputs(size, model.mean, model.std)
 
     out_dir = Path(out_root) / model.name / target.name
-    with staged_directory(out_dir) as work:
+    with staged_directory(out_dir, say=progress.say) as work:
         ctx = ConvertContext(
             model=model,
             target=target,

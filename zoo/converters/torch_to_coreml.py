@@ -9,6 +9,9 @@ The model is traced (`torch.jit.trace`, batch 1) and converted with coremltools:
   softmax, reductions, the other normalizations).
 - neuralnetwork (`convert_to="neuralnetwork"`, iOS14 or older), for apps that still load .mlmodel:
   it has no compute precision (the device picks it); an fp16 target stores the weights in fp16.
+- The stated deployment target (metadata `coreml_minimum_deployment_target`, `coreml_spec_version`,
+  the artifact's description) is the iOS of the spec version actually written: coremltools writes the
+  lowest spec the ops need, which can be older than the one asked for (iOS14 asked, spec 4 = iOS13).
 - Input and output are float32 in every variant (the casts to and from fp16 are inside), batch 1.
   By default the input is a tensor `images` (1, 3, H, W), normalized as in training:
   (pixel/255 − mean) / std. With `image_input` it is an RGB image `image` (Core ML's ImageType,
@@ -20,7 +23,8 @@ The model is traced (`torch.jit.trace`, batch 1) and converted with coremltools:
   fp16 program the three 1/std factors are fp16 constants: relative error ≤ 2⁻¹¹ each).
 - Metadata: author, license (registry tags `author` / `license` when given), version, short
   description, input/output descriptions, and every key of zoo's artifact metadata as user-defined
-  metadata (zoo version, embedding dim and space, mean/std, checkpoint sha256 …).
+  metadata (zoo version, embedding dim and space, input contract, checkpoint sha256 …); an image
+  input states `normalization` inside the model and `folded_mean`/`folded_std`.
 
 The model is saved into a temporary name and renamed into place; then its structure is read back
 without the runtime (zoo.validators.coreml_structure) and the rows go into the report. Numbers are
@@ -51,6 +55,7 @@ from zoo import __version__
 from zoo.converters import Artifact, ConvertContext
 from zoo.errors import ConversionError, require
 from zoo.fidelity import Check, Fidelity, Status
+from zoo.metadata import normalization_inside
 
 INPUT_NAME = "images"
 IMAGE_INPUT_NAME = "image"
@@ -168,13 +173,22 @@ class TorchToCoreML:
             mlmodel = self._convert(ct, ctx, traced, ct_input)
         del traced, module
         gc.collect()
-        self._describe(mlmodel, ctx, ct_input.name, preprocessing)
+        # coremltools writes the lowest spec version the ops need, which can be older than the target
+        # asked for (a neuralnetwork asked for iOS14 can come out spec 4, iOS13): state what was written
+        spec_version = int(mlmodel.get_spec().specificationVersion)
+        loads_on = coreml_structure.ios_version_of_spec(spec_version)
+        metadata = self._metadata(ctx, preprocessing, spec_version, loads_on)
+        self._describe(mlmodel, ctx, ct_input.name, preprocessing, metadata)
         _save_atomically(mlmodel, out)
         del mlmodel
         gc.collect()
 
         with ctx.progress.step(f"reading {out.name} back (structure, no runtime)"):
             structure = coreml_structure.inspect(out)
+        if structure.spec_version != spec_version:  # the metadata would state the wrong iOS
+            raise ConversionError(
+                f"{out.name} was saved as spec {structure.spec_version}, converted as spec {spec_version}"
+            )
         expected = coreml_structure.Expected(
             model_type="mlProgram" if o.model_type == "mlprogram" else "neuralNetwork",
             deployment_target=o.minimum_target,
@@ -186,7 +200,7 @@ class TorchToCoreML:
             normalized=ctx.model.normalize,
             precision=ctx.target.precision,
             fp32_ops=o.fp32_ops,
-            metadata=ctx.metadata,
+            metadata=metadata,
         )
         # the structure rows come from zoo.validators.inspectors (convert and validate alike)
         latency = _latency_not_run(ctx, structure, out.name, o.model_type)
@@ -196,7 +210,7 @@ class TorchToCoreML:
             Artifact(
                 out.name,
                 SUFFIX[o.model_type].lstrip("."),
-                description=self._description(ctx),
+                description=self._description(ctx, loads_on),
                 runtime="coreml" if o.model_type == "mlprogram" else "coreml_neuralnetwork",
                 facts=coreml_structure.expected_facts(expected),
             )
@@ -209,12 +223,34 @@ class TorchToCoreML:
         kept = f"; fp32: {', '.join(sorted(o.fp32_ops))}" if o.fp32_ops else ""
         return f"{ctx.target.precision} compute{kept}"
 
-    def _description(self, ctx: ConvertContext) -> str:
+    def _description(self, ctx: ConvertContext, loads_on: str) -> str:
         o = self.options
         kind = "ML Program" if o.model_type == "mlprogram" else "neuralnetwork model"
         size = ctx.input_size
         source = f"image {size}×{size} RGB" if o.image_input else f"tensor (1, 3, {size}, {size}) float32"
-        return f"Core ML {kind}, {self._precision_label(ctx)}, {o.minimum_target}+, input {source}"
+        return f"Core ML {kind}, {self._precision_label(ctx)}, {loads_on}+, input {source}"
+
+    def _metadata(self, ctx: ConvertContext, preprocessing: str, spec_version: int, loads_on: str) -> dict:
+        """zoo's artifact metadata as this model states it: its real deployment target and input."""
+        o = self.options
+        metadata = dict(ctx.metadata)
+        if o.image_input:
+            how = "Core ML ImageType scale/bias" + (
+                "" if len(set(ctx.model.std)) == 1 else ", then x 1/std per channel"
+            )
+            metadata = normalization_inside(metadata, layout="image", dtype="uint8", how=how)
+            # zoo.runtimes.coreml reads these to turn normalized validation inputs back into pixels; an
+            # app cannot apply them to an image input (the ImageType takes pixels only)
+            metadata |= {"mean": ctx.metadata["mean"], "std": ctx.metadata["std"]}
+        return {
+            **metadata,
+            "coreml_model_type": o.model_type,
+            "coreml_precision": self._precision_label(ctx),
+            "coreml_spec_version": str(spec_version),
+            "coreml_minimum_deployment_target": loads_on,
+            "input_kind": "image" if o.image_input else "tensor",
+            "input_preprocessing": preprocessing,
+        }
 
     def _input(self, ctx: ConvertContext, ct):
         """(the torch module to trace, the coremltools input type, the preprocessing in words)."""
@@ -272,8 +308,8 @@ class TorchToCoreML:
             mlmodel = ct.models.MLModel(mlmodel, skip_model_load=True)
         return mlmodel
 
-    def _describe(self, mlmodel, ctx: ConvertContext, input_name: str, preprocessing: str) -> None:
-        model, o = ctx.model, self.options
+    def _describe(self, mlmodel, ctx: ConvertContext, input_name: str, preprocessing: str, metadata: dict) -> None:
+        model = ctx.model
         trained = model.checkpoint is not None
         mlmodel.author = str(model.tags.get("author") or f"zoo {__version__}")
         mlmodel.license = str(model.tags.get("license") or "not stated in the registry (set tags.license)")
@@ -290,14 +326,7 @@ class TorchToCoreML:
             f"{model.embedding_dim}-d float32 embedding, space {model.embedding_space}; "
             + ("L2-normalized inside the model: compare by dot product" if model.normalize else "not L2-normalized")
         )
-        extra = {
-            "coreml_model_type": o.model_type,
-            "coreml_precision": self._precision_label(ctx),
-            "coreml_minimum_deployment_target": o.minimum_target,
-            "input_kind": "image" if o.image_input else "tensor",
-            "input_preprocessing": preprocessing,
-        }
-        for key, value in {**ctx.metadata, **extra}.items():
+        for key, value in metadata.items():
             mlmodel.user_defined_metadata[key] = str(value)
 
 

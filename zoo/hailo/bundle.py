@@ -80,8 +80,8 @@ def compile_instructions(record: dict, *, compiled: bool = False) -> str:
     size = f"{shape[3]}×{shape[2]}"
     dim = record["output_dim"]
     output = (
-        f"the {dim}-d embedding **before L2 normalization**: divide it by its L2 norm on the host "
-        "(`host_l2_normalize: true` in manifest.json), or embeddings will not match the other artifacts."
+        f"the {dim}-d embedding **before L2 normalization**: divide it by its L2 norm on the host\n"
+        "  (`host_l2_normalize: true` in manifest.json), or embeddings will not match the other artifacts."
         if record.get("host_l2_normalize", True)
         else f"the {dim}-d embedding as the source model gives it (the model has no L2 normalization)."
     )
@@ -124,11 +124,11 @@ runs {HEF_FILE} on the Hailo-8L (parity and latency with `device` fidelity).
   no mean/std on the host, the normalization runs on the chip ({MODEL_SCRIPT_FILE});
 - output: {output}
 
-## The two ONNX files (their metadata states the same contract)
+## The two ONNX files (each one's metadata states its input contract)
 
 - {ONNX_FILE}: NCHW float32, normalized on the host, (x/255 - mean)/std with the `mean`/`std` in its metadata;
-- {EMULATED_FILE}: NHWC float32 holding whole pixel values 0–255 (quantized to uint8 at its input, as the
-  chip receives them), the normalization inside: apply no mean/std (its metadata: `normalization`).
+- {EMULATED_FILE}: NHWC float32 holding whole pixel values 0–255 (quantized to uint8 at its input,
+  as the chip receives them), the normalization inside: apply no mean/std (its metadata: `normalization`).
 """
 
 

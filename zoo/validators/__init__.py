@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from zoo.converters import Artifact
+from zoo.errors import UsageError
 from zoo.fidelity import Check, Fidelity, Status
 from zoo.progress import QUIET, Progress
 from zoo.registry import ModelSpec
-from zoo.errors import UsageError
 from zoo.runtimes import Runtime, SessionBase, get_runtime, run_in_batches
 from zoo.targets import TargetSpec
 from zoo.validators import acceptance, checks, latency, timing
