@@ -241,3 +241,90 @@ def test_calibration_options_refused_before_any_work(target, extra, message, tmp
     assert code == EXIT_USAGE and message in err
     assert "building" not in err  # refused before the model was built
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- targets from outside the package
+
+USER_TARGET = """
+[targets.server-opset17]
+description = "a team's own target: server ONNX at opset 17"
+chain = ["torch_to_onnx"]
+runtime = "onnxruntime"
+opset = 17
+"""
+
+
+def test_user_target_from_a_registry_file(tmp_path, capsys):
+    import onnx
+
+    reg = tmp_path / "targets.toml"
+    reg.write_text(USER_TARGET)
+    code, out, _ = run(capsys, "list", "targets", "--registry", reg)
+    assert code == 0 and "server-opset17" in out
+    argv = ["--registry", reg, "convert", "--model", "tiny_vit", "--target", "server-opset17", "--out", tmp_path]
+    code, _, err = run(capsys, *argv, "--latency-runs", 20, "-q")
+    assert code == 0, err
+    model = onnx.load(str(tmp_path / "tiny_vit" / "server-opset17" / "model.onnx"))
+    assert [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    # the output carries its target, so validate needs no registry
+    code, _, err = run(capsys, "validate", tmp_path / "tiny_vit" / "server-opset17", "--latency-runs", 20, "-q")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[targets.server]\nchain = ["torch_to_onnx"]\nruntime = "onnxruntime"\ndescription = "x"\n',
+            "already defined",
+        ),
+        ('[targets.t]\nchain = ["torch_to_onnx"]\nruntime = "onnxruntime"\n', "description"),
+        ("[targets]\nt = 5\n", "[targets.NAME] tables"),
+    ],
+)
+def test_bad_user_target_is_exit_2(text, message, tmp_path, capsys):
+    reg = tmp_path / "targets.toml"
+    reg.write_text(text)
+    code, _, err = run(capsys, "list", "targets", "--registry", reg)
+    assert code == EXIT_USAGE and message in err and "Traceback" not in err
+
+
+def test_user_target_may_override_a_builtin_when_it_says_so(tmp_path):
+    from zoo.targets import load_targets
+
+    reg = tmp_path / "targets.toml"
+    reg.write_text(
+        '[targets.server]\noverride = true\nchain = ["torch_to_onnx"]\nruntime = "onnxruntime"\n'
+        'description = "ours"\nmin_cosine_vs_source = 0.999\n'
+    )
+    assert load_targets([reg])["server"].min_cosine_vs_source == 0.999
+
+
+# ---------------------------------------------------------------- runtime hooks are declared
+
+
+def test_runtime_plugin_must_subclass_the_base(monkeypatch):
+    import zoo.runtimes
+    from zoo.errors import UsageError
+
+    class NotARuntime:
+        name = "mine"
+
+    class FakeEntryPoint:
+        name = "mine"
+
+        def load(self):
+            return NotARuntime
+
+    monkeypatch.setattr(zoo.runtimes.metadata, "entry_points", lambda group: [FakeEntryPoint()])
+    with pytest.raises(UsageError, match="does not subclass zoo.runtimes.RuntimeBase"):
+        zoo.runtimes.get_runtime("mine")
+
+
+def test_every_builtin_runtime_declares_the_hooks():
+    from zoo.runtimes import BUILTIN, RuntimeBase, SessionBase, get_runtime
+
+    for name in BUILTIN:
+        runtime = get_runtime(name)
+        assert isinstance(runtime, RuntimeBase) and isinstance(runtime.measures_latency, bool)
+    assert SessionBase().latency_variants() == {} and SessionBase().with_batch(8) is None

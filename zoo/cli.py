@@ -38,10 +38,11 @@ def cmd_list(*, what: str, registry: list[Path]) -> int:
             )
     else:
         from zoo.converters import missing_steps
+        from zoo.registry import registry_files
         from zoo.targets import load_targets
 
         rows = [("name", "precision", "chain", "runtime", "budget", "status")]
-        for t in load_targets().values():
+        for t in load_targets(registry_files(registry)).values():
             missing = missing_steps(t)
             budget = (
                 f"p{t.latency_percentile} < {t.latency_budget_ms:g} ms ({t.latency_on})" if t.latency_budget_ms else "—"

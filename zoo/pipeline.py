@@ -95,7 +95,7 @@ def _source_reference(model: ModelSpec, torch_model, x: np.ndarray) -> tuple[np.
 def _resolve(model_name: str, target_name: str, registry: Registry | None) -> tuple:
     registry = registry or load_registry()
     model = registry.get(model_name)
-    target = get_target(target_name)
+    target = get_target(target_name, registry.files)
     teacher = registry.teacher_of(model)
     return model, target, teacher
 

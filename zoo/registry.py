@@ -163,10 +163,13 @@ def _field_problems(data: dict) -> list[str]:
         extra = sorted(set(ck) - {"path", "sha256"})
         if extra:
             problems.append(f"checkpoint has unknown field(s) {', '.join(extra)} (it takes path and sha256)")
-        if not _is_text(ck.get("path")):
-            problems.append(f"checkpoint.path must be a non-empty string, not {_shown(ck.get('path'))}")
-        if not (isinstance(ck.get("sha256"), str) and SHA256.fullmatch(ck["sha256"])):
-            problems.append(f"checkpoint.sha256 must be 64 hex digits, not {_shown(ck.get('sha256'))}")
+        missing = [key for key in ("path", "sha256") if key not in ck]
+        if missing:
+            problems.append(f"checkpoint needs {' and '.join(missing)}")
+        if "path" in ck and not _is_text(ck["path"]):
+            problems.append(f"checkpoint.path must be a non-empty string, not {_shown(ck['path'])}")
+        if "sha256" in ck and not (isinstance(ck["sha256"], str) and SHA256.fullmatch(ck["sha256"])):
+            problems.append(f"checkpoint.sha256 must be 64 hex digits, not {_shown(ck['sha256'])}")
     sizes = data.get("target_input_sizes")
     if "target_input_sizes" in data and not isinstance(sizes, dict):
         problems.append(f"target_input_sizes must be a table of TARGET = SIZE, not {_shown(sizes)}")
@@ -257,6 +260,7 @@ class Registry:
 
     def __init__(self, specs: Iterable[ModelSpec] = ()):
         self._specs: dict[str, ModelSpec] = {}
+        self.files: list[Path] = []  # the registry files read besides the built-in ones (they may hold targets)
         for spec in specs:
             self.add(spec)
 
@@ -367,19 +371,29 @@ def _entry_point_files() -> list[Path]:
     return files
 
 
+def registry_files(extra_paths: Sequence[Path | str] = ()) -> list[Path]:
+    """The user's registry files: entry-point registries, then ZOO_REGISTRY, then explicit paths
+    (a folder stands for the *.toml files in it)."""
+    env_paths = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    files: list[Path] = []
+    for path in [*_entry_point_files(), *env_paths, *extra_paths]:
+        path = Path(path)
+        files += sorted(path.glob("*.toml")) if path.is_dir() else [path]
+    return files
+
+
 def load_registry(extra_paths: Sequence[Path | str] = ()) -> Registry:
     """The built-in specs, then entry-point registries, then ZOO_REGISTRY, then explicit paths."""
     registry = Registry()
-    env_paths = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
     problems, hints = [], []
-    for path in [*builtin_registry_files(), *_entry_point_files(), *env_paths, *extra_paths]:
-        path = Path(path)
-        for file in sorted(path.glob("*.toml")) if path.is_dir() else [path]:
-            try:
-                registry.add_file(file)
-            except UsageError as exc:  # go on, to report every file's problems at once
-                problems.append(str(exc))
-                hints.append(exc.hint)
+    user_files = registry_files(extra_paths)
+    for file in [*builtin_registry_files(), *user_files]:
+        try:
+            registry.add_file(file)
+        except UsageError as exc:  # go on, to report every file's problems at once
+            problems.append(str(exc))
+            hints.append(exc.hint)
+    registry.files = user_files
     if problems:
         raise UsageError("; ".join(problems), hint="; ".join(h for h in hints if h) or None)
     registry.check_teachers()

@@ -164,7 +164,7 @@ def collect(
 
     outputs = Path(outputs)
     registry = load_registry(registry_paths)
-    all_targets = load_targets()
+    all_targets = load_targets(registry.files)
     models = list(models)
     if tier:
         models += [s.name for s in registry if s.tags.get("tier") == tier and s.name not in models]

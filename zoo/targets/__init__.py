@@ -2,17 +2,24 @@
 
 A target names its converter chain (steps in `zoo.converters`), the runtime that validates its
 artifacts (`zoo.runtimes`), its precision and the thresholds its artifacts must meet.
+
+A team adds its own targets without forking: `[targets.NAME]` tables in a registry file (the files
+of `--registry` / `$ZOO_REGISTRY` / the `zoo.registries` entry points, beside `[models.NAME]`), or
+TOML files of such tables returned by a `zoo.targets` entry point. Replacing a built-in target needs
+`override = true` on the table.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 from zoo.errors import UsageError, unknown_name
 
+ENTRY_POINT_GROUP = "zoo.targets"  # callables returning TOML files of [targets.NAME] tables
 PRECISIONS = ("fp32", "fp16", "int8")
 LAYOUTS = ("NCHW", "NHWC")
 LATENCY_WHERE = ("host", "device")
@@ -70,16 +77,46 @@ def builtin_targets() -> dict[str, TargetSpec]:
     return targets
 
 
-def load_targets(extra_files: tuple[Path, ...] = ()) -> dict[str, TargetSpec]:
+def load_targets(registry_files: Sequence[Path] = ()) -> dict[str, TargetSpec]:
+    """The built-in targets, then those of `zoo.targets` entry points, then of the registry files."""
     targets = builtin_targets()
-    for file in extra_files:
-        name = Path(file).stem
-        targets[name] = target_from_dict(name, tomllib.loads(Path(file).read_text()), str(file))
+    problems = []
+    for file in [*_entry_point_files(), *registry_files]:
+        try:
+            data = tomllib.loads(Path(file).read_text())
+        except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            problems.append(f"{file}: {exc}")
+            continue
+        tables = data.get("targets", {})
+        if not isinstance(tables, dict) or not all(isinstance(t, dict) for t in tables.values()):
+            problems.append(f"{file}: [targets] must hold [targets.NAME] tables")
+            continue
+        for name, table in tables.items():
+            table = dict(table)
+            override = table.pop("override", False)
+            if name in targets and override is not True:
+                problems.append(f"target {name!r} in {file} is already defined; set `override = true` to replace it")
+                continue
+            try:
+                targets[name] = target_from_dict(name, table, str(file))
+            except UsageError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise UsageError("; ".join(problems), hint="a target table takes the fields of zoo/targets/*.toml")
     return targets
 
 
-def get_target(name: str) -> TargetSpec:
-    targets = load_targets()
+def _entry_point_files() -> list[Path]:
+    files: list[Path] = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        obj = ep.load()
+        result = obj() if callable(obj) else obj
+        files += [Path(result)] if isinstance(result, (str, Path)) else [Path(p) for p in result]
+    return files
+
+
+def get_target(name: str, registry_files: Sequence[Path] = ()) -> TargetSpec:
+    targets = load_targets(registry_files)
     try:
         return targets[name]
     except KeyError:
