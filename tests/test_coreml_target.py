@@ -92,11 +92,15 @@ def cosines(a, b):
 def convert(step, ctx):
     assert step.preflight(ctx, None) == []
     (artifact,) = step.convert(ctx, None)
+    ctx.artifacts.append(artifact)
     return artifact, ctx.workdir / artifact.name
 
 
 def structural(ctx) -> dict:
-    return {c.name: c for c in ctx.checks}
+    """The step's own rows and the format inspectors' (as zoo convert and zoo validate report them)."""
+    from zoo.validators.inspectors import inspect_artifacts
+
+    return {c.name: c for c in [*ctx.checks, *inspect_artifacts(ctx.workdir, ctx.artifacts)]}
 
 
 def assert_structure_passes(ctx, spec):

@@ -82,8 +82,11 @@ def test_bundle_is_complete_and_self_consistent(bundles, registry):
     assert hailo["start_node_names"] == ["images"] and hailo["net_input_shapes"] == {"images": [1, 3, 64, 64]}
     producers = {o: n.name for n in model.graph.node for o in n.output}
     assert hailo["end_node_names"] == [producers[model.graph.output[0].name]]
-    assert hailo["compile_command"] == f"zoo hailo compile {out}"
-    assert f"zoo hailo compile {out}" in (out / COMPILE_FILE).read_text()
+    # run from inside the bundle: no host path in any bundle file
+    assert hailo["compile_command"] == "zoo hailo compile ."
+    assert (
+        "zoo hailo compile ." in (out / COMPILE_FILE).read_text() and str(out) not in (out / COMPILE_FILE).read_text()
+    )
     assert hailo["emulation"]["ew_add_layers"] == 9  # test_convnext: 1+2+4+2 residual blocks
 
     # its output is the embedding before L2: not unit norm, but the same direction as the source

@@ -244,3 +244,17 @@ def test_a_refused_pickle_names_the_callable_and_never_advises_the_unsafe_load(p
     assert f"it would call {callable_name} when loaded" in str(err.value)
     assert "safetensors" in err.value.hint
     assert "weights_only` set to `False" not in text and "weights_only=False" not in text
+
+
+def test_tflite_nhwc_states_the_input_litert_asks_for(registry, tmp_path):
+    pytest.importorskip("litert_torch")
+    interpreter = pytest.importorskip("ai_edge_litert.interpreter")
+    from zoo.converters.torch_to_tflite import read_metadata
+    from zoo.pipeline import convert
+
+    out = convert("tiny_efficientnet", "tflite-nhwc", out_root=tmp_path, registry=registry, validate=False).out_dir
+    meta = read_metadata(out / "model.tflite")
+    (detail,) = interpreter.Interpreter(model_path=str(out / "model.tflite")).get_input_details()
+    assert meta["input_layout"] == meta["layout"] == "NHWC" and tuple(detail["shape"]) == (1, 64, 64, 3)
+    assert meta["input_dtype"] == np.dtype(detail["dtype"]).name == "float32"
+    assert meta["normalization"].startswith("host") and json.loads(meta["std"]) == pytest.approx([0.229, 0.224, 0.225])

@@ -17,7 +17,7 @@ from zoo.fidelity import Check, Fidelity, Status
 from zoo.metadata import artifact_metadata
 from zoo.outputs import file_entry, read_manifest, staged_directory, tool_versions, write_manifest, write_text_atomic
 from zoo.progress import QUIET, Progress
-from zoo.registry import ModelSpec, Registry, load_registry, spec_from_dict
+from zoo.registry import ModelSpec, Registry, load_registry, spec_from_manifest, spec_to_manifest
 from zoo.report import Report
 from zoo.runtimes import get_runtime
 from zoo.targets import TargetSpec, get_target, target_from_dict
@@ -241,8 +241,8 @@ def _manifest(root: Path, model, teacher, target, artifacts, size, records: dict
         "schema": 1,
         "converted_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "zoo_version": __version__,
-        "model": model.to_dict(),
-        "teacher": teacher.to_dict() if teacher else None,
+        "model": spec_to_manifest(model, root),
+        "teacher": spec_to_manifest(teacher, root) if teacher else None,
         "target": target.to_dict(),
         "input_size": size,
         "checkpoint_sha256": model.checkpoint.sha256 if model.checkpoint else None,
@@ -269,12 +269,8 @@ def validate_dir(out_dir: Path, *, latency_runs: int = 30, progress: Progress = 
     out_dir = Path(out_dir)
     manifest = read_manifest(out_dir)
     try:
-        model = spec_from_dict(manifest["model"]["name"], _spec_fields(manifest["model"]))
-        teacher = (
-            spec_from_dict(manifest["teacher"]["name"], _spec_fields(manifest["teacher"]))
-            if manifest.get("teacher")
-            else None
-        )
+        model = spec_from_manifest(manifest["model"], out_dir)
+        teacher = spec_from_manifest(manifest["teacher"], out_dir) if manifest.get("teacher") else None
         target_fields = dict(manifest["target"])
         target = target_from_dict(target_fields.pop("name"), target_fields)
         artifacts = [
@@ -319,13 +315,6 @@ def validate_dir(out_dir: Path, *, latency_runs: int = 30, progress: Progress = 
     )
     _write_report(out_dir, report, manifest)
     return Outcome(out_dir, report)
-
-
-def _spec_fields(d: dict) -> dict:
-    d = {k: v for k, v in d.items() if k not in ("name", "source")}
-    if d.get("checkpoint") is None:
-        d.pop("checkpoint", None)
-    return d
 
 
 def _integrity_check(root: Path, manifest: dict) -> Check:

@@ -355,6 +355,38 @@ class Registry:
             raise UsageError("; ".join(problems), hint="; ".join(hints))
 
 
+# paths a spec holds absolute; a manifest holds them relative to its own folder
+_PATH_FIELDS = ("source", "architecture", "eval_set")
+
+
+def spec_to_manifest(spec: ModelSpec, root: Path) -> dict:
+    """The spec as a manifest records it: every path relative to the output folder `root`, so the
+    manifest names no host path and still resolves from any working directory."""
+
+    def relative(path: str) -> str:
+        return os.path.relpath(path, os.path.abspath(root)) if path and os.path.isabs(path) else path
+
+    d = spec.to_dict()
+    for key in _PATH_FIELDS:
+        if key in d and (key != "architecture" or str(d[key]).endswith(".onnx")):
+            d[key] = relative(str(d[key]))
+    if d.get("checkpoint"):
+        d["checkpoint"]["path"] = relative(d["checkpoint"]["path"])
+    return d
+
+
+def spec_from_manifest(d: dict, root: Path) -> ModelSpec:
+    """The spec back from `spec_to_manifest`, paths resolved against the manifest's folder."""
+    fields = {k: v for k, v in d.items() if k not in ("name", "source") and v is not None}
+    if fields.get("checkpoint"):
+        fields["checkpoint"] = dict(fields["checkpoint"], path=str(_absolute(fields["checkpoint"]["path"], root)))
+    if str(fields.get("architecture", "")).endswith(".onnx"):
+        fields["architecture"] = str(_absolute(fields["architecture"], root))
+    if fields.get("eval_set"):
+        fields["eval_set"] = str(_absolute(fields["eval_set"], root))
+    return spec_from_dict(d["name"], fields)
+
+
 def builtin_registry_files() -> list[Path]:
     root = resources.files("zoo.reference_models")
     return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".toml"))

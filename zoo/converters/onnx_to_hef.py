@@ -42,7 +42,8 @@ from zoo.metadata import normalization_inside
 def emulated_metadata(metadata: dict[str, str], host_l2: bool) -> dict[str, str]:
     """The emulated int8 model takes what the chip takes — NHWC pixels 0–255 (a float32 tensor of whole
     values, quantized to uint8 at its input) — with the normalization inside: its metadata says so and
-    carries the model's mean/std only as `folded_mean`/`folded_std`."""
+    carries the model's mean/std as `folded_mean`/`folded_std`. (zoo.hailo.emulation still adds plain
+    `mean`/`std` beside them, which zoo's EmulatedSession reads.)"""
     return normalization_inside(
         host_l2_metadata(metadata, host_l2),
         layout="NHWC",

@@ -238,10 +238,9 @@ class TorchToCoreML:
             how = "Core ML ImageType scale/bias" + (
                 "" if len(set(ctx.model.std)) == 1 else ", then x 1/std per channel"
             )
+            # folded_mean/folded_std only: zoo.runtimes.coreml reads them to turn normalized validation
+            # inputs back into pixels; an app must not apply them (the ImageType takes pixels)
             metadata = normalization_inside(metadata, layout="image", dtype="uint8", how=how)
-            # zoo.runtimes.coreml reads these to turn normalized validation inputs back into pixels; an
-            # app cannot apply them to an image input (the ImageType takes pixels only)
-            metadata |= {"mean": ctx.metadata["mean"], "std": ctx.metadata["std"]}
         return {
             **metadata,
             "coreml_model_type": o.model_type,

@@ -39,8 +39,8 @@ from zoo.hailo.model_script import precision_commands
 PIXELS_INPUT = "pixels"
 # Metadata keys of the emulated model (read by zoo.runtimes.hailo to feed it).
 META_KIND = "zoo_hailo_emulation"
-META_MEAN = "mean"
-META_STD = "std"
+META_MEAN = "folded_mean"  # applied inside the model: a consumer must not apply it again
+META_STD = "folded_std"
 BIAS_PRODUCERS = {"Conv", "Gemm", "MatMul", "ConvTranspose"}
 
 

@@ -12,7 +12,7 @@ from zoo.checkpoints import sha256_file
 from zoo.errors import UsageError
 from zoo.outputs import file_entry, read_manifest
 from zoo.packaging.errors import IntegrityError, PackageRefused
-from zoo.registry import ModelSpec, spec_from_dict
+from zoo.registry import ModelSpec, spec_from_manifest
 
 
 @dataclass(frozen=True)
@@ -48,17 +48,10 @@ class SourceDir:
         return list(self.manifest["artifacts"])
 
     def spec(self) -> ModelSpec:
-        return spec_from_dict(self.model, _spec_fields(self.manifest["model"]))
+        return spec_from_manifest(self.manifest["model"], self.path)
 
     def report_sha256(self) -> str:
         return sha256_file(self.path / "report.json")
-
-
-def _spec_fields(d: dict) -> dict:
-    d = {k: v for k, v in d.items() if k not in ("name", "source")}
-    if d.get("checkpoint") is None:
-        d.pop("checkpoint", None)
-    return d
 
 
 def load_source(path: Path) -> SourceDir:

@@ -74,7 +74,7 @@ def _pixels(x: np.ndarray, mean, std) -> np.ndarray:
 
 def _mean_std(user_defined: dict) -> tuple[list[float], list[float]]:
     try:
-        return json.loads(user_defined["mean"]), json.loads(user_defined["std"])
+        return json.loads(user_defined["folded_mean"]), json.loads(user_defined["folded_std"])
     except (KeyError, ValueError) as exc:
         raise ConversionError(
             "the Core ML model takes an image but its metadata has no mean/std to turn inputs into pixels"
