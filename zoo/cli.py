@@ -76,6 +76,7 @@ def cmd_convert(
     latency_runs: int,
     calibration: Path | None,
     calibration_count: int | None,
+    eval_set: Path | None,
     registry: list[Path],
     quiet: bool,
 ) -> int:
@@ -91,6 +92,7 @@ def cmd_convert(
         latency_runs=latency_runs,
         calibration_dir=calibration,
         calibration_count=calibration_count,
+        eval_path=eval_set,
         progress=Progress(enabled=not quiet),
     )
     print(outcome.report.to_terminal())
@@ -98,10 +100,12 @@ def cmd_convert(
     return EXIT_CHECK_FAILED if outcome.report.failed else EXIT_OK
 
 
-def cmd_validate(*, directory: Path, latency_runs: int, quiet: bool) -> int:
+def cmd_validate(*, directory: Path, latency_runs: int, eval_set: Path | None, quiet: bool) -> int:
     from zoo.pipeline import validate_dir
 
-    outcome = validate_dir(directory, latency_runs=latency_runs, progress=Progress(enabled=not quiet))
+    outcome = validate_dir(
+        directory, latency_runs=latency_runs, eval_path=eval_set, progress=Progress(enabled=not quiet)
+    )
     print(outcome.report.to_terminal())
     return EXIT_CHECK_FAILED if outcome.report.failed else EXIT_OK
 
@@ -148,6 +152,24 @@ def cmd_distill(
     )
     print(f"checkpoint {out} (sha256 {card['checkpoint_sha256'][:16]}…), model card {out.with_suffix('.md')}")
     print(f"registered as {student!r} in {register} (use: --registry {register})")
+    return EXIT_OK
+
+
+def cmd_reference(*, action: str, directory: Path | None, out: Path, registry: list[Path], quiet: bool) -> int:
+    if action == "build":
+        return cmd_reference_build(out=out, registry=registry, quiet=quiet)
+    from zoo.errors import UsageError
+    from zoo.evalset import export_reference_evaluation_set, load_evaluation_set
+
+    if directory is None:
+        raise UsageError(
+            "zoo reference export-eval needs the folder to write into", hint="zoo reference export-eval DIR"
+        )
+    counts = export_reference_evaluation_set(directory)
+    written = load_evaluation_set(directory)
+    print(", ".join(f"{n} {what}" for what, n in counts.items()))
+    print(f"the reference identity task, as an evaluation set: {directory} (sha256 {written.sha256[:16]}…)")
+    print(f"use it: zoo convert --model ref_convnext --target server --eval {directory}")
     return EXIT_OK
 
 
@@ -272,6 +294,7 @@ def cmd_matrix(
     report_dir: Path,
     fail_on: str,
     latency_runs: int,
+    eval_set: Path | None,
     registry: list[Path],
     quiet: bool,
 ) -> int:
@@ -285,6 +308,7 @@ def cmd_matrix(
         convert=convert,
         latency_runs=latency_runs,
         registry_paths=registry,
+        eval_path=eval_set,
         progress=Progress(enabled=not quiet),
     )
     rows = [("model", *matrix.targets)]
@@ -344,6 +368,18 @@ def _add_packaging_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--report-dir", type=Path, default=Path("zoo-reports"), help="default: zoo-reports/")
     p.add_argument("--fail-on", choices=["fail", "not-run", "never"], default="fail")
     p.add_argument("--latency-runs", type=int, default=30)
+    _add_eval_option(p, default_help="each model’s own; used for the cells --convert converts")
+
+
+def _add_eval_option(parser: argparse.ArgumentParser, default_help: str = "") -> None:
+    parser.add_argument(
+        "--eval",
+        dest="eval_set",
+        type=Path,
+        metavar="PATH",
+        help="evaluation set (folder or .csv/.jsonl index) for teacher parity and the product rules "
+        f"(default: {default_help or 'the model’s eval_set, its teacher’s, else the reference task'})",
+    )
 
 
 def _print_table(rows: list[tuple[str, ...]]) -> None:
@@ -403,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--calibration", type=Path, metavar="DIR", help="images for int8 calibration (default: reference photos)"
     )
     p.add_argument("--calibration-count", type=int, metavar="N", help="how many calibration images to use")
+    _add_eval_option(p)
 
     p = sub.add_parser("distill", parents=[common], help="distil a student from a trained teacher")
     p.set_defaults(handler=cmd_distill)
@@ -423,10 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("reference", parents=[common], help="the reference models")
-    p.set_defaults(handler=cmd_reference_build)
-    p.add_argument("action", choices=["build"])
-    p.add_argument("--out", type=Path, default=Path("build/reference"), help="where rebuilt checkpoints go")
+    p = sub.add_parser("reference", parents=[common], help="the reference models and their evaluation set")
+    p.set_defaults(handler=cmd_reference)
+    p.add_argument("action", choices=["build", "export-eval"])
+    p.add_argument("directory", type=Path, nargs="?", help="export-eval: the folder to write the set into")
+    p.add_argument("--out", type=Path, default=Path("build/reference"), help="build: where rebuilt checkpoints go")
 
     p = sub.add_parser("hailo", parents=[common], help="Hailo-8L: compile a bundle (DFC host), pre-flight an ONNX")
     p.set_defaults(handler=cmd_hailo)
@@ -437,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_validate)
     p.add_argument("directory", type=Path)
     p.add_argument("--latency-runs", type=int, default=30)
+    _add_eval_option(p, default_help="the set the manifest records")
     _add_packaging_parsers(sub, common)
     return parser
 

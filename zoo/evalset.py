@@ -294,10 +294,11 @@ def export_reference_evaluation_set(directory: Path) -> dict[str, int]:
 
     ev = reference_evaluation_set()
     unknown_names = reference_task().unknown_names
+    folder_name = {name: name.replace("/", "-") for name in ev.identities}  # "astronaut/0" → astronaut-0
     seen: dict[tuple[str, str], int] = {}
     with staged_directory(Path(directory)) as work:
         for label, image in zip(ev.gallery_labels, ev.gallery):
-            folder = work / GALLERY / ev.identities[label]
+            folder = work / GALLERY / folder_name[ev.identities[label]]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / "canonical.png")
         unknown_index = 0
@@ -306,10 +307,11 @@ def export_reference_evaluation_set(directory: Path) -> dict[str, int]:
                 folder = work / UNKNOWN
                 n = unknown_index
                 per = max(1, ev.conditions.count(UNKNOWN) // max(1, len(unknown_names)))
-                name = f"{unknown_names[n // per] if unknown_names else 'unknown'}_{n % per}.png"
+                stem = unknown_names[n // per].replace("/", "-") if unknown_names else "unknown"
+                name = f"{stem}_{n % per}.png"
                 unknown_index += 1
             else:
-                identity = ev.identities[label]
+                identity = folder_name[ev.identities[label]]
                 folder = work / "queries" / condition / identity
                 n = seen[(condition, identity)] = seen.get((condition, identity), -1) + 1
                 name = f"{n:03d}.png"

@@ -56,6 +56,8 @@ class ModelSpec:
     seed: int = 0  # for deterministic untrained weights
     description: str = ""
     tags: dict = field(default_factory=dict)
+    eval_set: str = ""  # evaluation set (folder or index file) teacher parity runs on; "" = the teacher's or built-in
+    acceptance: str = ""  # acceptance profile (zoo.profiles) the artifacts are judged by; "" = the teacher's
     source: str = ""  # the registry file this spec came from
 
     @property
@@ -96,7 +98,7 @@ class ModelSpec:
 
 NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a folder name, and a bare TOML key
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-TOP_LEVEL_KEYS = ("models", "targets")  # [targets.NAME] tables are read by zoo.targets, not here
+TOP_LEVEL_KEYS = ("models", "targets", "profiles")  # targets and profiles are read by zoo.targets / zoo.profiles
 
 
 def _is_int(v) -> bool:
@@ -138,6 +140,8 @@ FIELD_RULES = {
     "description": (lambda v: isinstance(v, str), "a string"),
     "tags": (lambda v: isinstance(v, dict) and all(isinstance(x, str) for x in v.values()), "a table of strings"),
     "override": (lambda v: isinstance(v, bool), "true or false"),
+    "eval_set": (_is_text, "a path to an evaluation-set folder or index file"),
+    "acceptance": (lambda v: isinstance(v, str) and NAME_CHARS.fullmatch(v), "an acceptance profile name"),
 }
 REQUIRED = ("architecture", "embedding_dim", "input_size", "embedding_space")
 
@@ -240,6 +244,8 @@ def spec_from_dict(name: str, data: dict, source: Path | str = "") -> ModelSpec:
         fields["checkpoint"] = Checkpoint(_absolute(ck["path"], base), ck["sha256"].lower())
     if fields["architecture"].endswith(".onnx"):
         fields["architecture"] = str(_absolute(fields["architecture"], base))
+    if fields.get("eval_set"):
+        fields["eval_set"] = str(_absolute(fields["eval_set"], base))
     for key in ("architecture_args", "target_input_sizes", "tags"):
         if key in fields:
             fields[key] = dict(fields[key])
@@ -288,7 +294,7 @@ class Registry:
         unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
         if unknown:
             problems.append(f"registry file {path}: unknown top-level key(s) {', '.join(unknown)}")
-            hints.append("a registry file holds [models.NAME] tables (and [targets.NAME] tables)")
+            hints.append("a registry file holds [models.NAME], [targets.NAME] and [profiles.NAME] tables")
         models = data.get("models", {})
         if not isinstance(models, dict):
             problems.append(
@@ -476,7 +482,7 @@ def spec_to_toml(spec: ModelSpec, *, override: bool = False, relative_to: Path |
 
 def upsert_registry_file(path: Path, spec: ModelSpec, *, override: bool = False) -> None:
     """Add (or replace) one model's table in a user registry file, atomically; its [targets.NAME]
-    tables are kept (comments are not)."""
+    and [profiles.NAME] tables are kept (comments are not)."""
     path = Path(path)
     tables: dict[str, str] = {}
     targets: list[str] = []
@@ -487,10 +493,11 @@ def upsert_registry_file(path: Path, spec: ModelSpec, *, override: bool = False)
                 tables[name] = spec_to_toml(
                     spec_from_dict(name, table, path), override=bool(table.get("override")), relative_to=path.parent
                 )
-        for name, table in current.get("targets", {}).items():
-            if not isinstance(table, dict):
-                raise UsageError(f"registry file {path}: targets.{name} is not a [targets.{name}] table")
-            targets.append(f"[targets.{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in table.items()))
+        for kind in ("targets", "profiles"):
+            for name, table in current.get(kind, {}).items():
+                if not isinstance(table, dict):
+                    raise UsageError(f"registry file {path}: {kind}.{name} is not a [{kind}.{name}] table")
+                targets.append(f"[{kind}.{name}]\n" + "".join(f"{k} = {_toml_value(v)}\n" for k, v in table.items()))
     tables[spec.name] = spec_to_toml(spec, override=override, relative_to=path.parent)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(

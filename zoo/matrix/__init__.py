@@ -154,6 +154,7 @@ def collect(
     convert: bool = False,
     latency_runs: int = 30,
     registry_paths: Sequence[Path] = (),
+    eval_path: Path | None = None,
     progress: Progress = QUIET,
 ) -> Matrix:
     """Every model × target: the existing output directory's report, else (with `convert`) a fresh
@@ -184,6 +185,10 @@ def collect(
         raise UsageError(
             f"no output directories under {outputs}", hint="run `zoo convert` first, or pass --convert with --models"
         )
+    if eval_path is not None:
+        from zoo.evalset import load_evaluation_set
+
+        load_evaluation_set(eval_path)  # a bad set fails before any cell is converted
     for m in models:
         registry.get(m)  # an unknown name fails here, with a did-you-mean hint
     for t in targets:
@@ -217,17 +222,23 @@ def collect(
                     Cell(model, target, "missing", detail=f"target not built here: needs step(s) {', '.join(missing)}")
                 )
                 continue
-            cells.append(_convert_cell(model, target, outputs, registry, latency_runs, progress))
+            cells.append(_convert_cell(model, target, outputs, registry, latency_runs, progress, eval_path))
     return Matrix(tuple(models), tuple(targets), tuple(cells))
 
 
-def _convert_cell(model, target, outputs, registry, latency_runs, progress) -> Cell:
+def _convert_cell(model, target, outputs, registry, latency_runs, progress, eval_path=None) -> Cell:
     from zoo.pipeline import convert
 
     try:
         with progress.step(f"converting {model} for {target}"):
             outcome = convert(
-                model, target, out_root=outputs, registry=registry, latency_runs=latency_runs, progress=progress
+                model,
+                target,
+                out_root=outputs,
+                registry=registry,
+                latency_runs=latency_runs,
+                eval_path=eval_path,
+                progress=progress,
             )
     except ZooError as exc:
         detail = f"{type(exc).__name__}: {exc}" + (f" (hint: {exc.hint})" if exc.hint else "")

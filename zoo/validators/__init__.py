@@ -14,6 +14,7 @@ import numpy as np
 from zoo.converters import Artifact
 from zoo.errors import UsageError
 from zoo.fidelity import Check, Fidelity, Status
+from zoo.profiles import Profile
 from zoo.progress import QUIET, Progress
 from zoo.registry import ModelSpec
 from zoo.runtimes import Runtime, SessionBase, get_runtime, run_in_batches
@@ -23,17 +24,20 @@ from zoo.validators import acceptance, checks, latency, timing
 
 @dataclass(frozen=True)
 class TeacherReference:
-    """The trained teacher on the reference identity task's held-out views."""
+    """The trained teacher on an evaluation set's views, and the profile its students are judged by."""
 
     name: str
     inputs: np.ndarray  # the views, preprocessed for the artifact (its size, mean/std), NCHW
     labels: np.ndarray  # identity per view, -1 for unknown images
     conditions: tuple[str, ...]
     view_embeddings: np.ndarray  # the teacher's embeddings of the same views (its own size)
-    gallery: np.ndarray  # the teacher's embedding of each identity's canonical view
-    meaningful: bool  # the vacuity guard: the teacher separates identities
+    gallery: np.ndarray  # one unit vector per identity: the teacher's embedding of its gallery images
+    meaningful: bool  # the vacuity guard: the teacher meets the profile's guard rules
     separation: str  # the guard's figures, in words
-    metrics: dict  # the teacher's own acceptance figures
+    metrics: dict  # the guard rules' values on the teacher, by rule name
+    profile: Profile
+    eval_description: str  # which evaluation set, in words
+    embeddings_status: str  # how the teacher's embeddings were obtained (computed, or from the cache)
 
 
 @dataclass(frozen=True)
@@ -169,14 +173,18 @@ def teacher_checks(target: TargetSpec, artifact: Artifact, session, teacher: Tea
     # teacher on cards. On images that are no card the product's rule is "no match", checked below;
     # how closely the student follows the teacher there is reported, not gated.
     cards = teacher.labels >= 0
+    query_conditions = ", ".join(dict.fromkeys(c for c, known in zip(teacher.conditions, cards) if known))
+    minimum = max(target.min_cosine_vs_teacher, teacher.profile.teacher_parity_min)
     parity_row = checks.parity(
         f"parity vs teacher ({teacher.name}, torch)",
         teacher.view_embeddings[cards],
         out[cards],
-        target.min_cosine_vs_teacher,
+        minimum,
         fid,
         name,
-        detail=f"{int(cards.sum())} held-out views of the reference identities (clean, occluded, glare)",
+        detail=f"{int(cards.sum())} held-out views of the identities ({query_conditions}); "
+        f"{teacher.eval_description}; threshold: target {target.min_cosine_vs_teacher:g}, "
+        f"profile {teacher.profile.name} {teacher.profile.teacher_parity_min:g}",
     )
     unknown = checks.parity(
         "cosine vs teacher on unknown images",
@@ -201,5 +209,7 @@ def teacher_checks(target: TargetSpec, artifact: Artifact, session, teacher: Tea
                 parity_row.data,
             )
         ]
-    metrics = acceptance.identity_metrics(teacher.gallery, out, teacher.labels, teacher.conditions)
-    return [parity_row, unknown, *acceptance.acceptance_checks(metrics, fid, name)]
+    rules = acceptance.profile_checks(
+        teacher.profile, teacher.gallery, out, teacher.labels, teacher.conditions, fid, name
+    )
+    return [parity_row, *([unknown] if (~cards).any() else []), *rules]

@@ -1,10 +1,14 @@
-"""The product's acceptance numbers on the reference identity task, and the vacuity guard.
+"""The product's acceptance rules on an evaluation set, and the vacuity guard.
 
 Queries are an artifact's embeddings of held-out views; the gallery is the teacher's embedding of
-each identity's canonical view, as in the product (devices query the teacher's gallery).
+each identity's gallery images, as in the product (devices query the teacher's gallery). The rules
+and thresholds come from an acceptance profile (zoo.profiles); `identity_metrics` and `separates`
+give the reference task's figures for training and model cards.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -82,38 +86,125 @@ def separates(metrics: dict) -> tuple[bool, str]:
     return ok, summary
 
 
-def acceptance_checks(metrics: dict, fidelity: Fidelity, artifact: str) -> list[Check]:
-    def row(name, value, ok, threshold, detail=""):
-        return Check(name, Status.PASS if ok else Status.FAIL, fidelity, round(value, 4), threshold, artifact, detail)
+# ---------------------------------------------------------------- rules from an acceptance profile
 
-    rows = [
-        row(
-            "same identity, clean/glare views: cosine p5",
-            metrics["same_p5"],
-            metrics["same_p5"] > SAME_MIN,
-            f"> {SAME_MIN}",
-            f"min {metrics['same_min']:.3f}, mean {metrics['same_mean']:.3f}",
-        ),
-        row(
-            "different identities: cosine p95",
-            metrics["different_p95"],
-            metrics["different_p95"] < DIFFERENT_MAX,
-            f"< {DIFFERENT_MAX}",
-            f"max {metrics['different_max']:.3f}, mean {metrics['different_mean']:.3f}",
-        ),
-    ]
-    for (condition, k), minimum in RETRIEVAL.items():
-        value = metrics[f"top{k}_{condition}"]
-        rows.append(row(f"retrieval top-{k}, {condition} views", value, value >= minimum, f"≥ {minimum:.0%}"))
-    if "unknown_rejected" in metrics:
-        value = metrics["unknown_rejected"]
-        rows.append(
-            row(
-                "unknown images reported 'no match'",
-                value,
-                value >= UNKNOWN_MIN_REJECTED,
-                f"≥ {UNKNOWN_MIN_REJECTED:.0%} at distance > {UNKNOWN_MIN_DISTANCE}",
-                f"nearest distance min {metrics['unknown_nearest_distance_min']:.3f}",
-            )
+
+def prototypes(gallery: np.ndarray, gallery_labels: np.ndarray, identities: int) -> np.ndarray:
+    """One unit vector per identity: the mean of its gallery images' embeddings (one image: itself)."""
+    g = _l2(gallery)
+    protos = np.stack([g[gallery_labels == i].mean(axis=0) for i in range(identities)])
+    return _l2(protos)
+
+
+@dataclass(frozen=True)
+class RuleResult:
+    name: str
+    status: Status  # PASS, FAIL or NOT_RUN
+    value: float | None
+    threshold: str
+    detail: str
+
+
+def _views(rule, conditions: np.ndarray, known: np.ndarray, key: str = "conditions") -> tuple[np.ndarray, str]:
+    wanted = rule.get(key)
+    if isinstance(wanted, str):
+        wanted = [wanted]
+    if not wanted:
+        return known.copy(), "all query"
+    return known & np.isin(conditions, wanted), "/".join(wanted)
+
+
+def evaluate_rule(rule, sims: np.ndarray, labels: np.ndarray, conditions) -> RuleResult:
+    """One profile rule on similarities `sims` (views × identities, cosine) — not run when the views
+    it needs are not in the evaluation set."""
+    conditions = np.asarray(conditions)
+    known = labels >= 0
+    idx = np.flatnonzero(known)
+    true_sim = np.full(len(labels), np.nan)
+    true_sim[idx] = sims[idx, labels[idx]]
+    others = sims.copy()
+    others[idx, labels[idx]] = np.nan
+    kind = rule.kind
+    if kind == "unknown_rejection":
+        distance, minimum = float(rule.get("distance")), float(rule.get("min"))
+        name, threshold = "unknown images reported 'no match'", f"≥ {minimum:.0%} at distance > {distance}"
+        if known.all():
+            return RuleResult(name, Status.NOT_RUN, None, threshold, "no unknown images in the evaluation set")
+        nearest = 1 - sims[~known].max(axis=1)
+        value = float(np.mean(nearest > distance))
+        detail = f"{int((~known).sum())} unknown images; nearest distance min {nearest.min():.3f}"
+        return RuleResult(name, Status.PASS if value >= minimum else Status.FAIL, value, threshold, detail)
+    key = "condition" if kind == "retrieval" else "conditions"
+    sel, which = _views(rule, conditions, known, key)
+    if kind == "retrieval":
+        k, minimum = int(rule.get("k")), float(rule.get("min"))
+        name, threshold = f"retrieval top-{k}, {which} views", f"≥ {minimum:.0%}"
+    elif kind == "same_identity":
+        pct, minimum = rule.get("percentile", 5), float(rule.get("min"))
+        name, threshold = f"same identity, {which} views: cosine p{pct:g}", f"> {minimum}"
+    elif kind == "different_identity":
+        pct, maximum = rule.get("percentile", 95), float(rule.get("max"))
+        name = "different identities: cosine p" + f"{pct:g}" + ("" if which == "all query" else f", {which} views")
+        threshold = f"< {maximum}"
+    else:  # verification
+        far, minimum = float(rule.get("far")), float(rule.get("min_tar"))
+        name, threshold = f"verification: true accepts at {far:.2%} false accepts, {which} views", f"≥ {minimum:.0%}"
+    if not sel.any():
+        return RuleResult(name, Status.NOT_RUN, None, threshold, f"no {which} views in the evaluation set")
+    if kind == "retrieval":
+        ranks = np.array([np.sum(sims[i] > sims[i, labels[i]]) for i in np.flatnonzero(sel)])
+        value = float(np.mean(ranks < k))
+        return RuleResult(name, _status(value >= minimum), value, threshold, f"{int(sel.sum())} views")
+    if kind == "same_identity":
+        same = true_sim[sel]
+        value = float(np.percentile(same, pct))
+        detail = f"min {same.min():.3f}, mean {same.mean():.3f} over {len(same)} views"
+        return RuleResult(name, _status(value > minimum), value, threshold, detail)
+    impostor = others[sel][~np.isnan(others[sel])]
+    if kind == "different_identity":
+        if not len(impostor):
+            return RuleResult(name, Status.NOT_RUN, None, threshold, "only one identity in the evaluation set")
+        value = float(np.percentile(impostor, pct))
+        detail = f"max {impostor.max():.3f}, mean {impostor.mean():.3f} over {len(impostor)} pairs"
+        return RuleResult(name, _status(value < maximum), value, threshold, detail)
+    if len(impostor) * far < 1:  # the rate cannot be read off fewer impostor pairs than 1/far
+        return RuleResult(
+            name, Status.NOT_RUN, None, threshold, f"{len(impostor)} impostor pairs; FAR {far:g} needs ≥ {1 / far:.0f}"
         )
+    accept_above = float(np.quantile(impostor, 1 - far))
+    value = float(np.mean(true_sim[sel] > accept_above))
+    detail = f"accept above cosine {accept_above:.3f}; {int(sel.sum())} genuine, {len(impostor)} impostor pairs"
+    return RuleResult(name, _status(value >= minimum), value, threshold, detail)
+
+
+def _status(ok: bool) -> Status:
+    return Status.PASS if ok else Status.FAIL
+
+
+def similarities(gallery_protos: np.ndarray, views: np.ndarray) -> np.ndarray:
+    return _l2(views) @ _l2(gallery_protos).T
+
+
+def guard(profile, gallery_protos: np.ndarray, views: np.ndarray, labels, conditions) -> tuple[bool, str, list]:
+    """The vacuity guard on the teacher: (every guard rule passes, its figures in words, the results).
+    A guard rule that cannot run here makes the guard fail: parity against such a teacher proves nothing."""
+    sims = similarities(gallery_protos, views)
+    results = [evaluate_rule(rule, sims, np.asarray(labels), conditions) for rule in profile.guard]
+    ok = bool(results) and all(r.status is Status.PASS for r in results)
+    words = "; ".join(
+        f"{r.name} {'not run (' + r.detail + ')' if r.value is None else format(r.value, '.3f')}" for r in results
+    )
+    return ok, f"teacher: {words}" if words else "the profile has no guard rules", results
+
+
+def profile_checks(
+    profile, gallery_protos, views, labels, conditions, fidelity: Fidelity, artifact: str
+) -> list[Check]:
+    sims = similarities(gallery_protos, views)
+    rows = []
+    for rule in profile.rules:
+        r = evaluate_rule(rule, sims, np.asarray(labels), conditions)
+        value = None if r.value is None else round(r.value, 4)
+        fid = Fidelity.NOT_RUN if r.status is Status.NOT_RUN else fidelity
+        rows.append(Check(r.name, r.status, fid, value, r.threshold, artifact, f"{r.detail}; profile {profile.name}"))
     return rows
