@@ -1,4 +1,5 @@
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -6,6 +7,7 @@ import pytest
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 os.environ.pop("ZOO_REGISTRY", None)  # tests see only the registries they ask for
+os.environ["ZOO_CACHE"] = tempfile.mkdtemp(prefix="zoo-test-cache-")  # never the user's cache
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -383,7 +383,8 @@ def spec_to_manifest(spec: ModelSpec, root: Path) -> dict:
 
 def spec_from_manifest(d: dict, root: Path) -> ModelSpec:
     """The spec back from `spec_to_manifest`, paths resolved against the manifest's folder."""
-    fields = {k: v for k, v in d.items() if k not in ("name", "source") and v is not None}
+    unset = {k for k in ("eval_set", "acceptance") if not d.get(k)}  # "" in to_dict() means not set
+    fields = {k: v for k, v in d.items() if k not in ("name", "source", *unset) and v is not None}
     if fields.get("checkpoint"):
         fields["checkpoint"] = dict(fields["checkpoint"], path=str(_absolute(fields["checkpoint"]["path"], root)))
     if str(fields.get("architecture", "")).endswith(".onnx"):
