@@ -195,7 +195,9 @@ def test_image_input_folds_mean_std(std, tmp_path):
     assert isinstance(session, coreml_runtime.EmulatedImageSession)
     assert cosines(session.run(x), want).min() >= 0.999
     meta = ct.models.MLModel(str(path), skip_model_load=True).user_defined_metadata
-    assert json.loads(meta["std"]) == list(std) and meta["input_kind"] == "image"
+    # the model takes pixels: its std is recorded as folded in, never as something for the app to apply
+    assert json.loads(meta["folded_std"]) == list(std) and meta["input_kind"] == "image"
+    assert "mean" not in meta and "std" not in meta
 
 
 def test_preflight_lists_every_problem_at_once(tmp_path):

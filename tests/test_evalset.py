@@ -317,3 +317,14 @@ def test_a_team_set_and_profile_from_the_registry(exported, tmp_path, capsys, mo
     revalidated = _report(out / "report.json")
     guard_row = next(c for c in revalidated["checks"] if "vacuity guard" in c["name"])
     assert "computed in" in guard_row["detail"]  # a new set sha256: computed again
+
+
+def test_distill_reads_the_evaluation_layout(exported, tmp_path):
+    from zoo.distillation import training_images
+
+    images = training_images(exported)
+    assert len(images) == 35 + 70 * 3  # gallery and queries; the unknown images are not identities
+    plain = tmp_path / "plain"
+    _image(plain / "a.png", 1)
+    _image(plain / "sub" / "b.png", 2)
+    assert len(training_images(plain)) == 2

@@ -60,7 +60,7 @@ def test_teacher_that_separates_nothing_makes_teacher_parity_not_meaningful(tmp_
     outcome = convert("s", "server", out_root=tmp_path / "out", registry=_registry(tmp_path, student), latency_runs=20)
     row = next(c for c in outcome.report.checks if c.name.startswith("parity vs teacher"))
     assert row.status is Status.NOT_RUN
-    assert "not meaningful" in row.detail and "teacher top-1" in row.detail
+    assert "not meaningful" in row.detail and "teacher: retrieval top-1, clean views" in row.detail
     if student == "same":
         assert row.data["cosine_min"] > 0.9999  # the number is still shown, it just does not pass
     assert not any(c.name.startswith("retrieval") for c in outcome.report.checks)

@@ -69,6 +69,19 @@ def _rounded(d: dict) -> dict:
     }
 
 
+def training_images(path: Path) -> list:
+    """Images to distil on: a plain folder of images, or an evaluation set (zoo.evalset layout or
+    index file), whose gallery and query images are the training identities (unknowns are left out)."""
+    from zoo.calibration import _folder_images
+    from zoo.evalset import GALLERY, UNKNOWN, load_evaluation_set
+
+    path = Path(path)
+    if (path / GALLERY).is_dir() or path.suffix.lower() in (".csv", ".jsonl"):
+        evaluation = load_evaluation_set(path)
+        return [*evaluation.gallery, *(v for v, c in zip(evaluation.views, evaluation.conditions) if c != UNKNOWN)]
+    return _folder_images(path)
+
+
 def distill_and_register(
     teacher: ModelSpec,
     student: ModelSpec,
@@ -93,11 +106,10 @@ def distill_and_register(
         )
     images = None
     if images_dir is not None:
-        from zoo.calibration import _folder_images
         from zoo.identity_task import BASE_PX
         from zoo.validators.inputs import resize_center_crop
 
-        images = tuple(resize_center_crop(im, BASE_PX) for im in _folder_images(images_dir))
+        images = tuple(resize_center_crop(im, BASE_PX) for im in training_images(images_dir))
     model, log = distill(
         teacher,
         student,

@@ -143,6 +143,7 @@ FIELD_RULES = {
     "eval_set": (_is_text, "a path to an evaluation-set folder or index file"),
     "acceptance": (lambda v: isinstance(v, str) and NAME_CHARS.fullmatch(v), "an acceptance profile name"),
 }
+OPTIONAL_TEXT = ("eval_set", "acceptance")
 REQUIRED = ("architecture", "embedding_dim", "input_size", "embedding_space")
 
 
@@ -230,7 +231,8 @@ def spec_from_dict(name: str, data: dict, source: Path | str = "") -> ModelSpec:
     where = f"model {name!r} in {source}" if source else f"model {name!r}"
     if not isinstance(data, dict):
         raise UsageError(f"{where}: must be a table of fields ([models.{name}]), not {_shown(data)}")
-    data = {k: v for k, v in data.items() if v is not None}  # None (never in TOML): not set, as in to_dict()
+    # None (never in TOML), and "" for the optional paths and names: not set, as to_dict() writes them
+    data = {k: v for k, v in data.items() if v is not None and not (k in OPTIONAL_TEXT and v == "")}
     problems, hints = _spec_problems(data)
     if not (isinstance(name, str) and NAME_CHARS.fullmatch(name)):
         problems.insert(0, f"the name {name!r} must be letters, digits, '_' and '-', starting with a letter or digit")
@@ -383,8 +385,7 @@ def spec_to_manifest(spec: ModelSpec, root: Path) -> dict:
 
 def spec_from_manifest(d: dict, root: Path) -> ModelSpec:
     """The spec back from `spec_to_manifest`, paths resolved against the manifest's folder."""
-    unset = {k for k in ("eval_set", "acceptance") if not d.get(k)}  # "" in to_dict() means not set
-    fields = {k: v for k, v in d.items() if k not in ("name", "source", *unset) and v is not None}
+    fields = {k: v for k, v in d.items() if k not in ("name", "source") and v is not None}
     if fields.get("checkpoint"):
         fields["checkpoint"] = dict(fields["checkpoint"], path=str(_absolute(fields["checkpoint"]["path"], root)))
     if str(fields.get("architecture", "")).endswith(".onnx"):
