@@ -258,3 +258,17 @@ def test_tflite_nhwc_states_the_input_litert_asks_for(registry, tmp_path):
     assert meta["input_layout"] == meta["layout"] == "NHWC" and tuple(detail["shape"]) == (1, 64, 64, 3)
     assert meta["input_dtype"] == np.dtype(detail["dtype"]).name == "float32"
     assert meta["normalization"].startswith("host") and json.loads(meta["std"]) == pytest.approx([0.229, 0.224, 0.225])
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_a_bare_pickle_is_refused_naming_the_callable(protocol, tmp_path, recwarn):
+    """Not torch's zip format: torch stops at an opcode before the import, so zoo reads the callable
+    off the pickle itself (pickletools executes nothing)."""
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps(_System(), protocol=protocol))
+    with pytest.raises(CheckpointError) as err:
+        read_state_dict(Checkpoint(path, sha256_file(path)))
+    assert "it would call os.system when loaded" in str(err.value)
+    assert not [w for w in recwarn if "pickle protocol" in str(w.message)]  # nothing else on stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from pathlib import Path
 
 from zoo.errors import CheckpointError
@@ -45,7 +46,9 @@ def read_state_dict(checkpoint: Checkpoint) -> dict:
             return load_file(str(path))
         import torch
 
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols; the refusal below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # every loader error means the same to the user: unreadable file
         raise _unreadable(path, exc) from exc
     for key in ("state_dict", "model"):  # common training-loop wrappers
@@ -60,8 +63,9 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
     """Name what the file would have run; torch's own text advises loading it unsafely, never repeat it."""
     text = str(exc)
     found = _GLOBAL.search(text)
-    if found:
-        name = re.sub(r"^(posix|nt)\.", "os.", found.group(1))  # os.system pickles as posix.system
+    name = found.group(1) if found else _first_pickled_callable(path)
+    if name:
+        name = re.sub(r"^(posix|nt)\.", "os.", name)  # os.system pickles as posix.system
         message = (
             f"checkpoint {path.name} cannot be read safely: it would call {name} when loaded "
             "(weights-only loading allows tensors only), so it was refused"
@@ -71,6 +75,26 @@ def _unreadable(path: Path, exc: Exception) -> CheckpointError:
     else:
         message = f"checkpoint {path.name} cannot be read: {type(exc).__name__}: {text.splitlines()[0][:200]}"
     return CheckpointError(message, hint=SAFE_HINT)
+
+
+def _first_pickled_callable(path: Path) -> str | None:
+    """The first callable a bare pickle imports, read with pickletools (which executes nothing); torch
+    refuses some pickles at an opcode before it reaches the import, so its message cannot name it."""
+    import pickletools
+
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for opcode, arg, _ in pickletools.genops(f):
+                if opcode.name in ("GLOBAL", "INST"):
+                    return str(arg).replace(" ", ".")
+                if opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    return f"{strings[-2]}.{strings[-1]}"
+                if isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # not a bare pickle (a torch zip archive, garbage): nothing to name
+        return None
+    return None
 
 
 def _listing(keys: list[str]) -> str:
