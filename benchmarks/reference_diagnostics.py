@@ -66,6 +66,13 @@ def main() -> None:
         f"{np.mean(negatives.max(axis=1) < 1 - UNKNOWN_MIN_DISTANCE):.1%}, mean nearest {negatives.max(axis=1).mean():.3f}"
     )
 
+    unseen = embed(teacher, ev.unseen_views, teacher_spec) @ gallery.T
+    distance = 1 - unseen.max(axis=1)
+    print(
+        f"  unseen cards (reported, not gated): nearest distance min {distance.min():.3f}, "
+        f"median {np.median(distance):.3f}, beyond {UNKNOWN_MIN_DISTANCE}: {np.mean(distance > UNKNOWN_MIN_DISTANCE):.0%}"
+    )
+
     for name in args.students:
         spec = registry.get(name)
         cos = cosine_rows(embed(build_model(spec), ev.views, spec), views)

@@ -43,11 +43,30 @@ def test_rank_counts_ties_in_favour_of_nothing():
 
 def test_reference_task_is_deterministic_and_disjoint():
     task = reference_task()
-    assert len(task.identities) == 35 and len(task.unknowns) == 12 and len(task.negatives) == 56
-    assert task.unknown_names[::2] == tuple(f"{p}/0" for p in UNKNOWN_PHOTOS) and len(task.unknown_names) == 12
+    assert len(task.identities) == 35 and len(task.unknowns) == 24 and len(task.negatives) == 90
+    assert len(task.unseen) == len(task.unseen_names) == 8
+    assert task.unknown_names[: len(UNKNOWN_PHOTOS)] == tuple(f"photo/{p}" for p in UNKNOWN_PHOTOS)
+    assert len(task.unknown_names) == len(task.unknowns)
     a, b = eval_set(), eval_set.__wrapped__()
-    assert np.array_equal(a.views, b.views)
+    assert np.array_equal(a.views, b.views) and np.array_equal(a.unseen_views, b.unseen_views)
     counts = {c: a.conditions.count(c) for c in set(a.conditions)}
-    assert counts == {"clean": 70, "occluded": 70, "glare": 70, "unknown": 24}
-    occluded = a.views[np.asarray(a.conditions) == "occluded"]
-    assert 0.18 <= float(np.mean(occluded.max(axis=-1) == 0)) <= 0.35  # ≈ 20 % of the area blacked out
+    assert counts == {"clean": 70, "occluded": 70, "glare": 70, "unknown": 48}
+    assert a.unseen_views.shape == (16, 128, 128, 3)
+    # no unknown test image, unseen card or gallery card is among the training negatives
+    trained = {im.tobytes() for im in task.negatives}
+    for image in (*task.unknowns, *task.unseen, *task.identities):
+        assert image.tobytes() not in trained
+    # an occluded view is its clean photograph with ~20 % of the card hidden (thumb or sleeve)
+    conditions = np.asarray(a.conditions)
+    clean, occluded = a.views[conditions == "clean"], a.views[conditions == "occluded"]
+    changed = np.mean(np.abs(clean.astype(int) - occluded.astype(int)).max(axis=-1) > 40, axis=(1, 2))
+    assert 0.04 <= float(np.median(changed)) <= 0.3
+
+
+def test_cards_are_one_family_and_distinct():
+    task = reference_task()
+    cards = np.stack(task.identities).astype(np.float64)
+    border = cards[:, :4].reshape(len(cards), -1, 3).mean(axis=1)  # the border's colour, per card
+    assert len({tuple(np.round(b / 16)) for b in border}) > 25
+    # the shared layout: the artwork window's dark outline sits in the same place on every card
+    assert float(cards[:, 23, 20:100].mean()) < 40

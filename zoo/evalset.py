@@ -46,6 +46,8 @@ class EvaluationSet:
     conditions: tuple[str, ...]  # condition per view; "unknown" for unknown images
     source: str  # a path, or BUILTIN_SOURCE
     sha256: str
+    # photographs of cards that are in no gallery (the built-in task's unseen cards): reported, not gated
+    unseen_views: tuple[np.ndarray, ...] = ()
 
     @property
     def builtin(self) -> bool:
@@ -270,7 +272,7 @@ def reference_evaluation_set() -> EvaluationSet:
     ev = eval_set()
     names = reference_task().names
     digest = hashlib.sha256(b"zoo reference identity task\n")
-    for array in (ev.gallery, ev.views, ev.labels):
+    for array in (ev.gallery, ev.views, ev.labels, ev.unseen_views):
         digest.update(np.ascontiguousarray(array).tobytes())
     digest.update("\0".join(ev.conditions).encode())
     return EvaluationSet(
@@ -282,6 +284,7 @@ def reference_evaluation_set() -> EvaluationSet:
         conditions=tuple(ev.conditions),
         source=BUILTIN_SOURCE,
         sha256=digest.hexdigest(),
+        unseen_views=tuple(ev.unseen_views),
     )
 
 

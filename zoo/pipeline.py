@@ -86,6 +86,7 @@ def teacher_reference(
     views = embedded.arrays["views"]
     meaningful, separation, results = guard(profile, gallery, views, evaluation.labels, evaluation.conditions)
     inputs = preprocess(list(evaluation.views), size, model.mean, model.std)
+    unseen = preprocess(list(evaluation.unseen_views), size, model.mean, model.std) if evaluation.unseen_views else None
     return TeacherReference(
         teacher.name,
         inputs,
@@ -99,6 +100,7 @@ def teacher_reference(
         profile,
         evaluation.describe(),
         embedded.status,
+        unseen,
     ), ""
 
 

@@ -149,10 +149,15 @@ def train_arcface(
     log = TrainingLog()
     start = time.perf_counter()
     bar = _progress_bar(epochs, f"ArcFace {spec.name}", show_progress)
-    margin_warmup = max(1, epochs // 4)
+    # Photographs of cards on cluttered surfaces take a small net a while to tell apart: the first
+    # third is plain (normalized) softmax, then the margin ramps in over a sixth, then the centre term.
+    # With the margin in from the start (over the first quarter) the classes never separate and the
+    # embedding collapses to one point (every view at cosine > 0.99 to every card).
+    margin_start, margin_warmup = epochs // 3, max(1, epochs // 6)
     for epoch in range(epochs):
-        # the full margin from the start stalls a randomly initialised net: ramp it up over the first quarter
-        head.margin = ARCFACE_MARGIN * min(1.0, (epoch + 1) / margin_warmup)
+        ramp = min(1.0, max(0.0, (epoch + 1 - margin_start) / margin_warmup))
+        head.margin = ARCFACE_MARGIN * ramp
+        centre_weight = compactness * min(1.0, max(0.0, (epoch + 1 - margin_start - margin_warmup) / margin_warmup))
         # a fresh augmented pool each epoch, seeded by (seed, epoch)
         views, labels = pool_with_negatives(
             task.identities,
@@ -162,6 +167,7 @@ def train_arcface(
             spec.input_size,
             seed * 1000 + epoch,
             occlude=occlude,
+            cards=True,  # each view a photograph of a card on a training surface
         )
         x_all = _to_input(views, spec)
         y_all = torch.from_numpy(labels)
@@ -174,9 +180,9 @@ def train_arcface(
             embedding = model(x_all[idx])
             known = y >= 0
             loss = torch.nn.functional.cross_entropy(head(embedding[known], y[known]), y[known])
-            if compactness:
+            if centre_weight:
                 centre = torch.nn.functional.normalize(head.weight[y[known]], dim=1)
-                loss = loss + compactness * (1 - (embedding[known] * centre).sum(1)).mean()
+                loss = loss + centre_weight * (1 - (embedding[known] * centre).sum(1)).mean()
             if (~known).any():
                 # outlier exposure: a "not a card" image must not lie near any identity's centre
                 nearest = head(embedding[~known]).max(dim=1).values / ARCFACE_SCALE
@@ -232,7 +238,8 @@ def distill(
     teacher = build_model(teacher_spec)
     student = build_model(student_spec, load_checkpoint=False)
     negatives: tuple[np.ndarray, ...] = ()
-    if images is None:  # the reference task: its identities and its training negatives
+    cards = images is None  # the reference task: photographs of its cards, and its training negatives
+    if cards:
         task = reference_task()
         images, negatives = task.identities, task.negatives
 
@@ -240,7 +247,7 @@ def distill(
         # seeds stay below 1e6: evaluation views never share one (identity_task.EVAL_SEED)
         # fewer views of each negative: the identities are what the student must follow
         views, _ = pool_with_negatives(
-            images, negatives, views_per_image, negative_views, BASE_PX, seed * 1000 + draw, occlude, True
+            images, negatives, views_per_image, negative_views, BASE_PX, seed * 1000 + draw, occlude, True, cards
         )
         target = torch.from_numpy(embed(teacher, views, teacher_spec))  # cached teacher embeddings
         return _to_input(views, student_spec), target
@@ -248,16 +255,16 @@ def distill(
     ev = eval_set()
     ev_teacher = embed(teacher, ev.views, teacher_spec)
 
-    cards = ev.labels >= 0  # the identities' views; unknown images are reported apart
+    known = ev.labels >= 0  # the identities' views; unknown images are reported apart
     conditions = np.asarray(ev.conditions)
 
     def heldout_cosine():
         cos = cosine_rows(embed(student, ev.views, student_spec), ev_teacher)
         return {
-            "min": float(cos[cards].min()),
-            "p5": float(np.percentile(cos[cards], 5)),
-            "mean": float(cos[cards].mean()),
-            "unknown_mean": float(cos[~cards].mean()),
+            "min": float(cos[known].min()),
+            "p5": float(np.percentile(cos[known], 5)),
+            "mean": float(cos[known].mean()),
+            "unknown_mean": float(cos[~known].mean()),
             "by_condition_min": {c: float(cos[conditions == c].min()) for c in dict.fromkeys(ev.conditions)},
         }
 

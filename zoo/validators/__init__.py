@@ -38,6 +38,8 @@ class TeacherReference:
     profile: Profile
     eval_description: str  # which evaluation set, in words
     embeddings_status: str  # how the teacher's embeddings were obtained (computed, or from the cache)
+    # photographs of cards in no gallery (preprocessed like `inputs`), or None: reported, never gated
+    unseen_inputs: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -212,4 +214,30 @@ def teacher_checks(target: TargetSpec, artifact: Artifact, session, teacher: Tea
     rules = acceptance.profile_checks(
         teacher.profile, teacher.gallery, out, teacher.labels, teacher.conditions, fid, name
     )
-    return [parity_row, *([unknown] if (~cards).any() else []), *rules]
+    unseen = [] if teacher.unseen_inputs is None else [_unseen_cards(session, artifact, teacher, fid)]
+    return [parity_row, *([unknown] if (~cards).any() else []), *rules, *unseen]
+
+
+UNSEEN_CARDS = "unseen cards: nearest distance (not gated)"
+
+
+def _unseen_cards(session, artifact: Artifact, teacher: TeacherReference, fid) -> Check:
+    """How far photographs of cards that are in no gallery land from the nearest gallery card. Reported
+    only: an unseen card is still a card, so the "no match" rule (which gates unknown images, scenes
+    with no card in them) does not apply, and no rule of the product says what it should be."""
+    out = run_in_batches(session, teacher.unseen_inputs)
+    out = _l2(out)  # the distance is on unit vectors, whatever the artifact's own normalization
+    distance = 1 - (out @ teacher.gallery.T).max(axis=1)
+    beyond = float(np.mean(distance > acceptance.UNKNOWN_MIN_DISTANCE))
+    return Check(
+        UNSEEN_CARDS,
+        Status.INFO,
+        fid,
+        round(float(np.median(distance)), 4),
+        "not gated",
+        artifact.name,
+        f"median nearest distance over {len(out)} photographs of cards never in the gallery or in training "
+        f"(min {distance.min():.3f}, max {distance.max():.3f}; {beyond:.0%} beyond {acceptance.UNKNOWN_MIN_DISTANCE:g}); "
+        "the 'no match' rule gates unknown images (scenes with no card); unseen cards are reported only",
+        {"nearest_distance": [round(float(d), 5) for d in distance], "beyond_no_match_distance": beyond},
+    )
