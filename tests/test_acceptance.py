@@ -69,4 +69,4 @@ def test_cards_are_one_family_and_distinct():
     border = cards[:, :4].reshape(len(cards), -1, 3).mean(axis=1)  # the border's colour, per card
     assert len({tuple(np.round(b / 16)) for b in border}) > 25
     # the shared layout: the artwork window's dark outline sits in the same place on every card
-    assert float(cards[:, 23, 20:100].mean()) < 40
+    assert float(cards[:, 25, 20:100].mean()) < 40
