@@ -140,7 +140,7 @@ def validate_one(
     if out.shape != refs.source.shape:
         return rows  # nothing to compare: the shape check already failed
     rows.append(
-        checks.parity(
+        checks.source_parity(
             f"parity vs source ({refs.source_label})",
             refs.source,
             out,
