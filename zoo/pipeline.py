@@ -14,7 +14,7 @@ from zoo.cache import Cached, cached_arrays
 from zoo.calibration import check_calibration_options
 from zoo.checkpoints import sha256_file
 from zoo.converters import Artifact, ConvertContext, get_converter, uses_calibration
-from zoo.errors import ConversionError, UsageError
+from zoo.errors import ConversionError, UsageError, ZooError
 from zoo.evalset import EvaluationSet, reference_evaluation_set, resolve_evaluation_set
 from zoo.fidelity import Check, Fidelity, Status
 from zoo.metadata import artifact_metadata
@@ -220,7 +220,7 @@ def convert(
             if problems:
                 raise ConversionError(f"{step.name} cannot convert {model.name}: " + "; ".join(problems))
             with progress.step(f"{step.name}"):
-                produced = step.convert(ctx, upstream)
+                produced = _run_step(step, ctx, upstream)
             ctx.artifacts += produced
             upstream = produced[0]
         for warning in ctx.warnings:
@@ -248,6 +248,20 @@ def convert(
         manifest["acceptance_profile"] = profile.record()
         _write_report(work, report, manifest)
     return Outcome(out_dir, report)
+
+
+def _run_step(step, ctx: ConvertContext, upstream: Artifact | None) -> list[Artifact]:
+    """One converter step; a toolchain's own exception (not zoo's, not the filesystem's) is a failed
+    conversion naming the step, exit 3, never a traceback that reads as a failed check."""
+    try:
+        return step.convert(ctx, upstream)
+    except (ZooError, OSError):
+        raise
+    except Exception as exc:
+        raise ConversionError(
+            f"{step.name} failed for {ctx.model.name} ({ctx.target.name}): {type(exc).__name__}: {exc}",
+            hint="the toolchain's message is above; run with --traceback for its traceback",
+        ) from exc
 
 
 def _write_report(root: Path, report: Report, manifest: dict) -> None:

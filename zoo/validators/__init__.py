@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.converters import Artifact
-from zoo.errors import UsageError
+from zoo.errors import ConversionError, UsageError, ZooError
 from zoo.fidelity import Check, Fidelity, Status
 from zoo.profiles import Profile
 from zoo.progress import QUIET, Progress
@@ -117,14 +117,22 @@ def validate_one(
 ) -> list[Check]:
     fid = runtime.fidelity
     name = artifact.name
-    session = runtime.open(path)
+    try:
+        session = runtime.open(path)
+        out = run_in_batches(session, refs.inputs)
+    except (ZooError, OSError):
+        raise
+    except Exception as exc:  # a freshly built artifact that its own runtime cannot run
+        raise ConversionError(
+            f"{name} does not run on {runtime.name}: {type(exc).__name__}: {exc}",
+            hint="the artifact was written but its runtime refuses it; run with --traceback for details",
+        ) from exc
     if not isinstance(session, SessionBase):
         raise UsageError(
             f"runtime {runtime.name!r} opened {name} as a {type(session).__qualname__}, which does not subclass "
             "zoo.runtimes.SessionBase",
             hint="subclass SessionBase: it declares the optional hooks (latency_variants, with_batch)",
         )
-    out = run_in_batches(session, refs.inputs)
     rows = [checks.output_shape(out, len(refs.inputs), model.embedding_dim, fid, name)]
     if artifact.host_l2_normalize:
         out = _l2(out.astype(np.float32)).astype(np.float32)
