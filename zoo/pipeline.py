@@ -63,11 +63,13 @@ def teacher_reference(
     evaluation: EvaluationSet | None = None,
     profile: Profile | None = None,
 ) -> tuple:
-    """(TeacherReference, "") or (None, why teacher parity is not applicable)."""
-    if model.role == "teacher":
-        return None, "the model is a teacher"
-    if teacher is None:
-        return None, f"the model has no teacher (role {model.role})"
+    """(TeacherReference, "") or (None, why neither teacher parity nor the profile's rules apply).
+
+    A student is judged against its trained teacher. A trained model without one (a teacher, an
+    embedder) has its artifacts judged by the profile's rules against its own source model's gallery:
+    no parity vs a teacher, but the product's numbers all the same."""
+    if model.role == "teacher" or teacher is None:
+        return _self_reference(model, size, progress, evaluation, profile)
     if not teacher.trained:
         return None, f"teacher {teacher.name} has untrained weights; parity against it would mean nothing"
     if teacher.embedding_dim != model.embedding_dim or teacher.embedding_space != model.embedding_space:
@@ -99,6 +101,37 @@ def teacher_reference(
         profile,
         evaluation.describe(),
         embedded.status,
+    ), ""
+
+
+def _self_reference(model, size, progress, evaluation, profile) -> tuple:
+    what = "the model is a teacher" if model.role == "teacher" else f"the model has no teacher (role {model.role})"
+    if not model.trained:
+        return None, f"{what}; its weights are untrained, so the product's rules would mean nothing"
+    if model.architecture_kind == "onnx":
+        return None, f"{what}; its source is an ONNX file, which zoo does not embed the evaluation set with"
+    from zoo.validators import TeacherReference
+    from zoo.validators.acceptance import prototypes
+
+    evaluation = evaluation or reference_evaluation_set()
+    profile = profile or profile_for(model, None)
+    with progress.step(f"{model.name} (torch) on {evaluation.source}"):
+        embedded = teacher_embeddings(model, evaluation)
+    gallery = prototypes(embedded.arrays["gallery"], evaluation.gallery_labels, len(evaluation.identities))
+    return TeacherReference(
+        model.name,
+        preprocess(list(evaluation.views), size, model.mean, model.std),
+        evaluation.labels,
+        evaluation.conditions,
+        embedded.arrays["views"],
+        gallery,
+        True,
+        f"{what}: its artifacts query its own source model's gallery",
+        {},
+        profile,
+        evaluation.describe(),
+        embedded.status,
+        self_judged=True,
     ), ""
 
 
@@ -283,7 +316,7 @@ def _references(model, teacher, x, labels, image_count, torch_model, evaluation,
 def _validate(model, target, refs: References, out_dir, artifacts, latency_runs, progress) -> list[Check]:
     """Every artifact against the source model (real images + random inputs) and, where it means
     something, against the teacher on the evaluation set under the acceptance profile."""
-    rows = [] if refs.teacher is None else [_separation_check(refs.teacher)]
+    rows = [] if refs.teacher is None or refs.teacher.self_judged else [_separation_check(refs.teacher)]
     return rows + validate_artifacts(
         model, target, out_dir, artifacts, refs, latency_runs=latency_runs, progress=progress
     )

@@ -38,6 +38,7 @@ class TeacherReference:
     profile: Profile
     eval_description: str  # which evaluation set, in words
     embeddings_status: str  # how the teacher's embeddings were obtained (computed, or from the cache)
+    self_judged: bool = False  # no teacher: the model's own source gallery, the profile's rules, no parity row
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,12 @@ def teacher_checks(target: TargetSpec, artifact: Artifact, session, teacher: Tea
     if artifact.host_l2_normalize:
         out = _l2(out)
     name = artifact.name
+    if teacher.self_judged:
+        rules = acceptance.profile_checks(
+            teacher.profile, teacher.gallery, out, teacher.labels, teacher.conditions, fid, name
+        )
+        reason = f"{teacher.separation}; {teacher.eval_description}; source embeddings {teacher.embeddings_status}"
+        return [checks.not_applicable("parity vs teacher", reason, name), *rules]
     # Gated on the identities' held-out views (clean, occluded, glare): a student must reproduce its
     # teacher on cards. On images that are no card the product's rule is "no match", checked below;
     # how closely the student follows the teacher there is reported, not gated.
