@@ -108,12 +108,15 @@ def _self_reference(model, size, progress, evaluation, profile) -> tuple:
     what = "the model is a teacher" if model.role == "teacher" else f"the model has no teacher (role {model.role})"
     if not model.trained:
         return None, f"{what}; its weights are untrained, so the product's rules would mean nothing"
+    evaluation = evaluation or reference_evaluation_set()
+    if evaluation.builtin and not model.acceptance:
+        # the built-in task's rules are for the reference models; a team's own model opts in
+        return None, f"{what}; name an evaluation set (eval_set, --eval) or a profile (acceptance) to judge it"
     if model.architecture_kind == "onnx":
         return None, f"{what}; its source is an ONNX file, which zoo does not embed the evaluation set with"
     from zoo.validators import TeacherReference
     from zoo.validators.acceptance import prototypes
 
-    evaluation = evaluation or reference_evaluation_set()
     profile = profile or profile_for(model, None)
     with progress.step(f"{model.name} (torch) on {evaluation.source}"):
         embedded = teacher_embeddings(model, evaluation)
