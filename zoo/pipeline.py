@@ -18,7 +18,15 @@ from zoo.errors import ConversionError, UsageError, ZooError
 from zoo.evalset import EvaluationSet, reference_evaluation_set, resolve_evaluation_set
 from zoo.fidelity import Check, Fidelity, Status
 from zoo.metadata import artifact_metadata
-from zoo.outputs import file_entry, read_manifest, staged_directory, tool_versions, write_manifest, write_text_atomic
+from zoo.outputs import (
+    file_entry,
+    output_lock,
+    read_manifest,
+    staged_directory,
+    tool_versions,
+    write_manifest,
+    write_text_atomic,
+)
 from zoo.profiles import Profile, profile_for
 from zoo.progress import QUIET, Progress
 from zoo.registry import ModelSpec, Registry, load_registry, spec_from_manifest, spec_to_manifest
@@ -411,8 +419,15 @@ def validate_dir(
     out_dir: Path, *, latency_runs: int = 30, eval_path: Path | None = None, progress: Progress = QUIET
 ) -> Outcome:
     """Re-validate an output directory from its manifest: file hashes, then every check again, on the
-    evaluation set and under the acceptance profile the manifest records (or `eval_path`)."""
+    evaluation set and under the acceptance profile the manifest records (or `eval_path`). Holds the
+    output's lock, so a conversion of the same output never replaces it halfway through."""
     out_dir = Path(out_dir)
+    read_manifest(out_dir)  # not an output directory: say so before taking a lock beside it
+    with output_lock(out_dir, say=progress.say):
+        return _validate_dir(out_dir, latency_runs, eval_path, progress)
+
+
+def _validate_dir(out_dir: Path, latency_runs: int, eval_path: Path | None, progress: Progress) -> Outcome:
     manifest = read_manifest(out_dir)
     try:
         size = int(manifest["input_size"])
