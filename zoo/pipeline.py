@@ -86,19 +86,17 @@ def teacher_reference(
             f"the model into {model.embedding_space} ({model.embedding_dim}-d)"
         )
     from zoo.validators import TeacherReference
-    from zoo.validators.acceptance import guard, prototypes
+    from zoo.validators.acceptance import guard
 
     evaluation = evaluation or reference_evaluation_set()
     profile = profile or profile_for(model, teacher)
     with progress.step(f"teacher {teacher.name} (torch) on {evaluation.source}"):
         embedded = teacher_embeddings(teacher, evaluation)
-    gallery = prototypes(embedded.arrays["gallery"], evaluation.gallery_labels, len(evaluation.identities))
-    views = embedded.arrays["views"]
+    gallery, views = _gallery_and_views(embedded, evaluation)
     meaningful, separation, results = guard(profile, gallery, views, evaluation.labels, evaluation.conditions)
-    inputs = preprocess(list(evaluation.views), size, model.mean, model.std)
     return TeacherReference(
         teacher.name,
-        inputs,
+        preprocess(list(evaluation.views), size, model.mean, model.std),
         evaluation.labels,
         evaluation.conditions,
         views,
@@ -112,6 +110,13 @@ def teacher_reference(
     ), ""
 
 
+def _gallery_and_views(embedded: Cached, evaluation: EvaluationSet) -> tuple[np.ndarray, np.ndarray]:
+    from zoo.validators.acceptance import prototypes
+
+    gallery = prototypes(embedded.arrays["gallery"], evaluation.gallery_labels, len(evaluation.identities))
+    return gallery, embedded.arrays["views"]
+
+
 def _self_reference(model, size, progress, evaluation, profile) -> tuple:
     what = "the model is a teacher" if model.role == "teacher" else f"the model has no teacher (role {model.role})"
     if not model.trained:
@@ -123,18 +128,17 @@ def _self_reference(model, size, progress, evaluation, profile) -> tuple:
     if model.architecture_kind == "onnx":
         return None, f"{what}; its source is an ONNX file, which zoo does not embed the evaluation set with"
     from zoo.validators import TeacherReference
-    from zoo.validators.acceptance import prototypes
 
     profile = profile or profile_for(model, None)
     with progress.step(f"{model.name} (torch) on {evaluation.source}"):
         embedded = teacher_embeddings(model, evaluation)
-    gallery = prototypes(embedded.arrays["gallery"], evaluation.gallery_labels, len(evaluation.identities))
+    gallery, views = _gallery_and_views(embedded, evaluation)
     return TeacherReference(
         model.name,
         preprocess(list(evaluation.views), size, model.mean, model.std),
         evaluation.labels,
         evaluation.conditions,
-        embedded.arrays["views"],
+        views,
         gallery,
         True,
         f"{what}: its artifacts query its own source model's gallery",
