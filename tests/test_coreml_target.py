@@ -422,3 +422,20 @@ def test_a_model_core_ml_cannot_load_fails_closed(fp32_package):
     broken = SimpleNamespace(models=SimpleNamespace(MLModel=Refuses), ComputeUnit=ct.ComputeUnit)
     with pytest.raises(ConversionError, match="cannot load model.mlpackage.*newer than this macOS"):
         coreml_runtime.CoreMLDeviceSession(fp32_package, ct=broken)
+
+
+def test_edgenext_converts_to_coreml(tmp_path):
+    """coremltools 9.0's torch frontend calls int() on 1-element arrays, an error since NumPy 2.4
+    ("only 0-dimensional arrays can be converted") for EdgeNeXt, Swin, EfficientViT, MobileViT-v2:
+    the coreml extra keeps NumPy below 2.4, where the same converter takes them."""
+    from zoo.pipeline import convert
+    from zoo.registry import Registry, spec_from_dict
+
+    spec = spec_from_dict(
+        "edgenext",
+        dict(architecture="timm:edgenext_xx_small", input_size=64, head=[16], embedding_dim=16, embedding_space="e"),
+    )
+    outcome = convert("edgenext", "ios", out_root=tmp_path, registry=Registry([spec]), validate=False)
+    rows = {c.name: c for c in outcome.report.checks}
+    assert rows["Core ML format and deployment target"].status is Status.PASS
+    assert rows["Core ML output: the embedding, name, shape, dtype"].status is Status.PASS

@@ -337,3 +337,31 @@ def test_distill_reads_the_evaluation_layout(exported, tmp_path):
     _image(plain / "a.png", 1)
     _image(plain / "sub" / "b.png", 2)
     assert len(training_images(plain)) == 2
+
+
+def test_a_trained_model_without_a_teacher_is_judged_by_its_profile(exported, tmp_path, capsys):
+    """An embedder (the dog models) or a teacher has no parity vs a teacher, but its artifacts must
+    still meet the product's rules, querying its own source model's gallery."""
+    reg = tmp_path / "embedder.toml"
+    reg.write_text(
+        USER_REGISTRY.split("[profiles.team]")[0]
+        .replace("team_student", "team_embedder")
+        .replace('role = "student"\nteacher = "ref_teacher"\n', "")
+        .replace('acceptance = "team"', 'acceptance = "reference"')
+        .replace('eval_set = "team-eval"', f'eval_set = "{exported}"')
+    )
+    argv = ["convert", "--registry", reg, "--model", "team_embedder", "--target", "server", "--out", tmp_path / "o"]
+    assert main([str(a) for a in [*argv, "--latency-runs", "20", "-q"]]) == 1  # the unknown rule fails, as above
+    capsys.readouterr()
+    report = _report(tmp_path / "o" / "team_embedder" / "server" / "report.json")
+    rows = {c["name"]: c for c in report["checks"] if c["artifact"] == "model.onnx"}
+    assert (
+        rows["parity vs teacher"]["status"] == "n/a"
+        and "own source model's gallery" in rows["parity vs teacher"]["detail"]
+    )
+    assert (
+        rows["retrieval top-1, clean views"]["status"] == "pass"
+        and rows["retrieval top-1, clean views"]["value"] >= 0.95
+    )
+    assert rows["unknown images reported 'no match'"]["status"] == "fail"
+    assert not any("vacuity guard" in c["name"] for c in report["checks"])

@@ -328,3 +328,50 @@ def test_every_builtin_runtime_declares_the_hooks():
         runtime = get_runtime(name)
         assert isinstance(runtime, RuntimeBase) and isinstance(runtime.measures_latency, bool)
     assert SessionBase().latency_variants() == {} and SessionBase().with_batch(8) is None
+
+
+def test_a_toolchain_crash_inside_a_step_is_exit_3_naming_the_step(monkeypatch, tmp_path, capsys):
+    from zoo.converters import torch_to_onnx
+
+    def crash(self, ctx, upstream):
+        raise RuntimeError("exporter exploded\n  deep inside")
+
+    monkeypatch.setattr(torch_to_onnx.TorchToOnnx, "convert", crash)
+    code, _, err = run(capsys, "convert", "--model", "tiny_vit", "--target", "server", "--out", tmp_path, "-q")
+    assert code == EXIT_CONVERSION_FAILED
+    assert err.splitlines()[0] == (
+        "zoo: error: torch_to_onnx failed for tiny_vit (server): RuntimeError: exporter exploded deep inside"
+    )
+    assert not (tmp_path / "tiny_vit" / "server").exists()
+
+
+def test_an_artifact_its_runtime_cannot_run_is_exit_3_naming_it(monkeypatch, tmp_path, capsys):
+    from zoo.runtimes import onnxruntime
+
+    def refuse(self, path):
+        raise RuntimeError("[ONNXRuntimeError] : 10 : INVALID_GRAPH : broken")
+
+    monkeypatch.setattr(onnxruntime.OnnxRuntime, "open", refuse)
+    code, _, err = run(capsys, "convert", "--model", "tiny_vit", "--target", "server", "--out", tmp_path, "-q")
+    assert code == EXIT_CONVERSION_FAILED
+    assert err.splitlines()[0].startswith("zoo: error: model.onnx does not run on onnxruntime: RuntimeError: [ONNX")
+
+
+def test_two_concurrent_validations_leave_a_report_the_manifest_pins(tmp_path):
+    """zoo validate rewrites report.json and the manifest in place: under the output's lock, two at
+    once take turns, and the manifest pins the report that is on disk."""
+    import subprocess
+    import sys
+
+    from zoo.checkpoints import sha256_file
+    from zoo.pipeline import convert
+
+    out = convert("tiny_vit", "server", out_root=tmp_path, validate=False).out_dir
+    argv = [sys.executable, "-m", "zoo", "validate", str(out), "--latency-runs", "20", "-q"]
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results
+    assert not any("Traceback" in err for _, err in results)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["report_sha256"] == sha256_file(out / "report.json")
+    assert sorted(p.name for p in tmp_path.joinpath("tiny_vit").iterdir()) == ["server"]  # no lock or leftovers

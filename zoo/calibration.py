@@ -16,9 +16,7 @@ import numpy as np
 
 from zoo.errors import UsageError
 from zoo.registry import ModelSpec
-from zoo.validators.inputs import normalize, reference_photos, resize_center_crop
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+from zoo.validators.inputs import IMAGE_SUFFIXES, normalize, read_rgb, reference_photos, resize_center_crop
 
 
 @dataclass(frozen=True)
@@ -77,10 +75,7 @@ def check_calibration_options(target, calibrated: bool, folder: Path | None, cou
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"calibration folder {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UsageError(f"calibration folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    for file in files:  # headers only: a broken file is named now, decoding waits for the step
+    for file in _calibration_files(folder):  # headers only: a broken file is named now, decoding waits for the step
         try:
             with Image.open(file):
                 pass
@@ -88,18 +83,19 @@ def check_calibration_options(target, calibrated: bool, folder: Path | None, cou
             raise UsageError(f"calibration image {file} cannot be read: {exc}") from None
 
 
-def _folder_images(folder: Path) -> list[np.ndarray]:
-    from PIL import Image, UnidentifiedImageError
-
+def _calibration_files(folder: Path) -> list[Path]:
     files = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise UsageError(f"calibration folder {folder} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def _folder_images(folder: Path) -> list[np.ndarray]:
     images = []
-    for file in files:
+    for file in _calibration_files(folder):
         try:
-            with Image.open(file) as im:
-                images.append(np.asarray(im.convert("RGB")))
-        except (UnidentifiedImageError, OSError) as exc:
+            images.append(read_rgb(file))
+        except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
             raise UsageError(f"calibration image {file} cannot be read: {exc}") from None
     return images
 

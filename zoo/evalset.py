@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from zoo.errors import UsageError
+from zoo.validators.inputs import IMAGE_SUFFIXES, read_rgb
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 GALLERY, UNKNOWN = "gallery", "unknown"  # reserved condition names
 BUILTIN_SOURCE = "built-in reference identity task (zoo.identity_task)"
 MAX_PROBLEMS_SHOWN = 20
@@ -199,13 +199,6 @@ def _index_entries(index: Path, problems: list[str]) -> list[_Entry]:
     return entries
 
 
-def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def _build(source: Path, root: Path, entries: list[_Entry], problems: list[str]) -> EvaluationSet:
     images: dict[Path, np.ndarray] = {}
     digests: dict[Path, str] = {}
@@ -215,7 +208,7 @@ def _build(source: Path, root: Path, entries: list[_Entry], problems: list[str])
         try:
             data = entry.path.read_bytes()
             digests[entry.path] = hashlib.sha256(data).hexdigest()
-            images[entry.path] = _read_image(entry.path)
+            images[entry.path] = read_rgb(entry.path)
         except FileNotFoundError:
             problems.append(f"{entry.path}: does not exist")
         except OSError as exc:  # PIL's UnidentifiedImageError is an OSError
@@ -297,6 +290,7 @@ def export_reference_evaluation_set(directory: Path) -> dict[str, int]:
 
     ev = reference_evaluation_set()
     unknown_names = reference_task().unknown_names
+    per = max(1, ev.conditions.count(UNKNOWN) // max(1, len(unknown_names)))  # views per unknown image
     folder_name = {name: name.replace("/", "-") for name in ev.identities}  # "astronaut/0" → astronaut-0
     seen: dict[tuple[str, str], int] = {}
     with staged_directory(Path(directory)) as work:
@@ -309,7 +303,6 @@ def export_reference_evaluation_set(directory: Path) -> dict[str, int]:
             if condition == UNKNOWN:
                 folder = work / UNKNOWN
                 n = unknown_index
-                per = max(1, ev.conditions.count(UNKNOWN) // max(1, len(unknown_names)))
                 stem = unknown_names[n // per].replace("/", "-") if unknown_names else "unknown"
                 name = f"{stem}_{n % per}.png"
                 unknown_index += 1

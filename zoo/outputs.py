@@ -155,13 +155,20 @@ def _swap_in(staging: Path, final: Path) -> None:
     remove_path(old)
 
 
+def output_lock(final: Path, *, say: Callable[[str], None] | None = None):
+    """The lock `staged_directory` holds on `final`, for a run that rewrites files inside it in place
+    (zoo validate): it never interleaves with a conversion replacing the same output."""
+    final = Path(final)
+    return file_lock(final.parent / f".{final.name}.lock", waiting_for=final, say=say)
+
+
 @contextmanager
 def staged_directory(final: Path, *, say: Callable[[str], None] | None = None) -> Iterator[Path]:
     """Yield an empty staging directory; on success it replaces `final`, on any error it is removed.
     Another run on the same `final` waits for this one (`say` tells the user, else stderr)."""
     final = Path(final)
     _make_parent(final)
-    with file_lock(final.parent / f".{final.name}.lock", waiting_for=final, say=say):
+    with output_lock(final, say=say):
         _recover(final)
         if final.is_symlink() or (final.exists() and not final.is_dir()):
             raise UsageError(

@@ -14,11 +14,19 @@ from zoo.cache import Cached, cached_arrays
 from zoo.calibration import check_calibration_options
 from zoo.checkpoints import sha256_file
 from zoo.converters import Artifact, ConvertContext, get_converter, uses_calibration
-from zoo.errors import ConversionError, UsageError
+from zoo.errors import ConversionError, UsageError, ZooError
 from zoo.evalset import EvaluationSet, reference_evaluation_set, resolve_evaluation_set
 from zoo.fidelity import Check, Fidelity, Status
 from zoo.metadata import artifact_metadata
-from zoo.outputs import file_entry, read_manifest, staged_directory, tool_versions, write_manifest, write_text_atomic
+from zoo.outputs import (
+    file_entry,
+    output_lock,
+    read_manifest,
+    staged_directory,
+    tool_versions,
+    write_manifest,
+    write_text_atomic,
+)
 from zoo.profiles import Profile, profile_for
 from zoo.progress import QUIET, Progress
 from zoo.registry import ModelSpec, Registry, load_registry, spec_from_manifest, spec_to_manifest
@@ -63,11 +71,13 @@ def teacher_reference(
     evaluation: EvaluationSet | None = None,
     profile: Profile | None = None,
 ) -> tuple:
-    """(TeacherReference, "") or (None, why teacher parity is not applicable)."""
-    if model.role == "teacher":
-        return None, "the model is a teacher"
-    if teacher is None:
-        return None, f"the model has no teacher (role {model.role})"
+    """(TeacherReference, "") or (None, why neither teacher parity nor the profile's rules apply).
+
+    A student is judged against its trained teacher. A trained model without one (a teacher, an
+    embedder) has its artifacts judged by the profile's rules against its own source model's gallery:
+    no parity vs a teacher, but the product's numbers all the same."""
+    if model.role == "teacher" or teacher is None:
+        return _self_reference(model, size, progress, evaluation, profile)
     if not teacher.trained:
         return None, f"teacher {teacher.name} has untrained weights; parity against it would mean nothing"
     if teacher.embedding_dim != model.embedding_dim or teacher.embedding_space != model.embedding_space:
@@ -76,20 +86,18 @@ def teacher_reference(
             f"the model into {model.embedding_space} ({model.embedding_dim}-d)"
         )
     from zoo.validators import TeacherReference
-    from zoo.validators.acceptance import guard, prototypes
+    from zoo.validators.acceptance import guard
 
     evaluation = evaluation or reference_evaluation_set()
     profile = profile or profile_for(model, teacher)
     with progress.step(f"teacher {teacher.name} (torch) on {evaluation.source}"):
         embedded = teacher_embeddings(teacher, evaluation)
-    gallery = prototypes(embedded.arrays["gallery"], evaluation.gallery_labels, len(evaluation.identities))
-    views = embedded.arrays["views"]
+    gallery, views = _gallery_and_views(embedded, evaluation)
     meaningful, separation, results = guard(profile, gallery, views, evaluation.labels, evaluation.conditions)
-    inputs = preprocess(list(evaluation.views), size, model.mean, model.std)
     unseen = preprocess(list(evaluation.unseen_views), size, model.mean, model.std) if evaluation.unseen_views else None
     return TeacherReference(
         teacher.name,
-        inputs,
+        preprocess(list(evaluation.views), size, model.mean, model.std),
         evaluation.labels,
         evaluation.conditions,
         views,
@@ -100,7 +108,47 @@ def teacher_reference(
         profile,
         evaluation.describe(),
         embedded.status,
-        unseen,
+        unseen_inputs=unseen,
+    ), ""
+
+
+def _gallery_and_views(embedded: Cached, evaluation: EvaluationSet) -> tuple[np.ndarray, np.ndarray]:
+    from zoo.validators.acceptance import prototypes
+
+    gallery = prototypes(embedded.arrays["gallery"], evaluation.gallery_labels, len(evaluation.identities))
+    return gallery, embedded.arrays["views"]
+
+
+def _self_reference(model, size, progress, evaluation, profile) -> tuple:
+    what = "the model is a teacher" if model.role == "teacher" else f"the model has no teacher (role {model.role})"
+    if not model.trained:
+        return None, f"{what}; its weights are untrained, so the product's rules would mean nothing"
+    evaluation = evaluation or reference_evaluation_set()
+    if evaluation.builtin and not model.acceptance:
+        # the built-in task's rules are for the reference models; a team's own model opts in
+        return None, f"{what}; name an evaluation set (eval_set, --eval) or a profile (acceptance) to judge it"
+    if model.architecture_kind == "onnx":
+        return None, f"{what}; its source is an ONNX file, which zoo does not embed the evaluation set with"
+    from zoo.validators import TeacherReference
+
+    profile = profile or profile_for(model, None)
+    with progress.step(f"{model.name} (torch) on {evaluation.source}"):
+        embedded = teacher_embeddings(model, evaluation)
+    gallery, views = _gallery_and_views(embedded, evaluation)
+    return TeacherReference(
+        model.name,
+        preprocess(list(evaluation.views), size, model.mean, model.std),
+        evaluation.labels,
+        evaluation.conditions,
+        views,
+        gallery,
+        True,
+        f"{what}: its artifacts query its own source model's gallery",
+        {},
+        profile,
+        evaluation.describe(),
+        embedded.status,
+        self_judged=True,
     ), ""
 
 
@@ -222,7 +270,7 @@ def convert(
             if problems:
                 raise ConversionError(f"{step.name} cannot convert {model.name}: " + "; ".join(problems))
             with progress.step(f"{step.name}"):
-                produced = step.convert(ctx, upstream)
+                produced = _run_step(step, ctx, upstream)
             ctx.artifacts += produced
             upstream = produced[0]
         for warning in ctx.warnings:
@@ -252,6 +300,20 @@ def convert(
     return Outcome(out_dir, report)
 
 
+def _run_step(step, ctx: ConvertContext, upstream: Artifact | None) -> list[Artifact]:
+    """One converter step; a toolchain's own exception (not zoo's, not the filesystem's) is a failed
+    conversion naming the step, exit 3, never a traceback that reads as a failed check."""
+    try:
+        return step.convert(ctx, upstream)
+    except (ZooError, OSError):
+        raise
+    except Exception as exc:
+        raise ConversionError(
+            f"{step.name} failed for {ctx.model.name} ({ctx.target.name}): {type(exc).__name__}: {exc}",
+            hint="the toolchain's message is above; run with --traceback for its traceback",
+        ) from exc
+
+
 def _write_report(root: Path, report: Report, manifest: dict) -> None:
     """report.json and report.md, then the manifest that pins report.json's sha256 and verdict, so
     `zoo package` can tell a report that zoo wrote from one that was edited."""
@@ -271,7 +333,7 @@ def _references(model, teacher, x, labels, image_count, torch_model, evaluation,
 def _validate(model, target, refs: References, out_dir, artifacts, latency_runs, progress) -> list[Check]:
     """Every artifact against the source model (real images + random inputs) and, where it means
     something, against the teacher on the evaluation set under the acceptance profile."""
-    rows = [] if refs.teacher is None else [_separation_check(refs.teacher)]
+    rows = [] if refs.teacher is None or refs.teacher.self_judged else [_separation_check(refs.teacher)]
     return rows + validate_artifacts(
         model, target, out_dir, artifacts, refs, latency_runs=latency_runs, progress=progress
     )
@@ -363,8 +425,15 @@ def validate_dir(
     out_dir: Path, *, latency_runs: int = 30, eval_path: Path | None = None, progress: Progress = QUIET
 ) -> Outcome:
     """Re-validate an output directory from its manifest: file hashes, then every check again, on the
-    evaluation set and under the acceptance profile the manifest records (or `eval_path`)."""
+    evaluation set and under the acceptance profile the manifest records (or `eval_path`). Holds the
+    output's lock, so a conversion of the same output never replaces it halfway through."""
     out_dir = Path(out_dir)
+    read_manifest(out_dir)  # not an output directory: say so before taking a lock beside it
+    with output_lock(out_dir, say=progress.say):
+        return _validate_dir(out_dir, latency_runs, eval_path, progress)
+
+
+def _validate_dir(out_dir: Path, latency_runs: int, eval_path: Path | None, progress: Progress) -> Outcome:
     manifest = read_manifest(out_dir)
     try:
         size = int(manifest["input_size"])

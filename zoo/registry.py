@@ -400,9 +400,10 @@ def builtin_registry_files() -> list[Path]:
     return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".toml"))
 
 
-def _entry_point_files() -> list[Path]:
+def entry_point_files(group: str = ENTRY_POINT_GROUP) -> list[Path]:
+    """The TOML files an entry-point group's callables (or plain paths) name."""
     files: list[Path] = []
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in metadata.entry_points(group=group):
         obj = ep.load()
         result = obj() if callable(obj) else obj
         if isinstance(result, (str, Path)):
@@ -416,7 +417,7 @@ def registry_files(extra_paths: Sequence[Path | str] = ()) -> list[Path]:
     (a folder stands for the *.toml files in it)."""
     env_paths = [p for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
     files: list[Path] = []
-    for path in [*_entry_point_files(), *env_paths, *extra_paths]:
+    for path in [*entry_point_files(), *env_paths, *extra_paths]:
         path = Path(path)
         files += sorted(path.glob("*.toml")) if path.is_dir() else [path]
     return files

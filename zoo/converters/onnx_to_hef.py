@@ -84,8 +84,7 @@ class OnnxToHef:
         work = ctx.workdir
         onnx_path = work / upstream.name
         graph = onnx.load(str(onnx_path))
-        report = preflight(graph)
-        ctx.checks += _preflight_checks(report, upstream.name, graph)
+        report = preflight(graph)  # its rows come from zoo.hailo.inspector (convert and validate alike)
         family = family_of(ctx.model, report.op_counts)
         net = net_name_for(ctx.model.name)
         host_l2 = bool(ctx.records.get("host_l2_normalize", ctx.model.normalize))
@@ -281,34 +280,6 @@ class OnnxToHef:
         (work / COMPILE_FILE).write_text(compile_instructions(record, compiled=bool(head)))
         ctx.records["hailo"] = record
         return [*head, *tail]
-
-
-def _preflight_checks(report, onnx_name: str, graph) -> list[Check]:
-    opset = next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), None)
-    shape = next(iter(report.input_shapes.values()), None)
-    ops = ", ".join(f"{op}×{n}" for op, n in report.op_counts.items())
-    return [
-        Check(
-            "Hailo-ready ONNX: opset ≤ 17, static batch 1, one image input",
-            Status.PASS if not report.graph_problems else Status.FAIL,
-            Fidelity.MEASURED,
-            value=f"opset {opset}, input {shape}",
-            threshold="opset ≤ 17, [1, 3, H, W]",
-            artifact=onnx_name,
-            detail="; ".join(report.graph_problems),
-        ),
-        Check(
-            "Hailo pre-flight: every op in the DFC op table (hailo8l)",
-            Status.PASS if not report.unsupported else Status.FAIL,
-            Fidelity.ESTIMATED,
-            value=f"{len(report.unsupported)} unsupported",
-            threshold="0 unsupported",
-            artifact=onnx_name,
-            detail=f"{len(report.op_counts)} op types in {report.nodes} nodes ({ops}); judged by zoo's table "
-            "(zoo.hailo.ops, from Hailo's public model zoo and docs) — the DFC's parser has the final word",
-            data=report.record(),
-        ),
-    ]
 
 
 def _parity_reference(ctx: ConvertContext):

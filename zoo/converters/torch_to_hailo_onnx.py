@@ -22,6 +22,7 @@ import dataclasses
 from zoo.converters import Artifact, ConvertContext
 from zoo.converters.torch_to_onnx import TorchToOnnx
 from zoo.fidelity import Check, Fidelity, Status
+from zoo.hailo.inspector import HAILO_PREFLIGHT
 from zoo.metadata import host_l2 as host_l2_metadata
 
 HAILO_OPSET = 17
@@ -95,6 +96,7 @@ class TorchToHailoOnnx(TorchToOnnx):
             artifacts[0],
             runtime="onnxruntime",
             host_l2_normalize=host_l2,
+            facts={HAILO_PREFLIGHT: "hailo8l"},  # zoo.hailo.inspector checks it against the DFC's op table
             description=f"Hailo-ready ONNX: opset {ctx.target.opset}, batch 1, NCHW normalized input, explicit "
             "attention, " + ("no final L2 (host)" if host_l2 else "no L2 normalization"),
         )

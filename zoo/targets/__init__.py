@@ -14,7 +14,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 
 from zoo.errors import UsageError, unknown_name
@@ -81,7 +81,9 @@ def load_targets(registry_files: Sequence[Path] = ()) -> dict[str, TargetSpec]:
     """The built-in targets, then those of `zoo.targets` entry points, then of the registry files."""
     targets = builtin_targets()
     problems = []
-    for file in [*_entry_point_files(), *registry_files]:
+    from zoo.registry import entry_point_files
+
+    for file in [*entry_point_files(ENTRY_POINT_GROUP), *registry_files]:
         try:
             data = tomllib.loads(Path(file).read_text())
         except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -104,15 +106,6 @@ def load_targets(registry_files: Sequence[Path] = ()) -> dict[str, TargetSpec]:
     if problems:
         raise UsageError("; ".join(problems), hint="a target table takes the fields of zoo/targets/*.toml")
     return targets
-
-
-def _entry_point_files() -> list[Path]:
-    files: list[Path] = []
-    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        result = obj() if callable(obj) else obj
-        files += [Path(result)] if isinstance(result, (str, Path)) else [Path(p) for p in result]
-    return files
 
 
 def get_target(name: str, registry_files: Sequence[Path] = ()) -> TargetSpec:

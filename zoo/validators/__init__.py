@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo.converters import Artifact
-from zoo.errors import UsageError
+from zoo.errors import ConversionError, UsageError, ZooError
 from zoo.fidelity import Check, Fidelity, Status
 from zoo.profiles import Profile
 from zoo.progress import QUIET, Progress
@@ -38,6 +38,7 @@ class TeacherReference:
     profile: Profile
     eval_description: str  # which evaluation set, in words
     embeddings_status: str  # how the teacher's embeddings were obtained (computed, or from the cache)
+    self_judged: bool = False  # no teacher: the model's own source gallery, the profile's rules, no parity row
     # photographs of cards in no gallery (preprocessed like `inputs`), or None: reported, never gated
     unseen_inputs: np.ndarray | None = None
 
@@ -119,14 +120,22 @@ def validate_one(
 ) -> list[Check]:
     fid = runtime.fidelity
     name = artifact.name
-    session = runtime.open(path)
+    try:
+        session = runtime.open(path)
+        out = run_in_batches(session, refs.inputs)
+    except (ZooError, OSError):
+        raise
+    except Exception as exc:  # a freshly built artifact that its own runtime cannot run
+        raise ConversionError(
+            f"{name} does not run on {runtime.name}: {type(exc).__name__}: {exc}",
+            hint="the artifact was written but its runtime refuses it; run with --traceback for details",
+        ) from exc
     if not isinstance(session, SessionBase):
         raise UsageError(
             f"runtime {runtime.name!r} opened {name} as a {type(session).__qualname__}, which does not subclass "
             "zoo.runtimes.SessionBase",
             hint="subclass SessionBase: it declares the optional hooks (latency_variants, with_batch)",
         )
-    out = run_in_batches(session, refs.inputs)
     rows = [checks.output_shape(out, len(refs.inputs), model.embedding_dim, fid, name)]
     if artifact.host_l2_normalize:
         out = _l2(out.astype(np.float32)).astype(np.float32)
@@ -142,7 +151,7 @@ def validate_one(
     if out.shape != refs.source.shape:
         return rows  # nothing to compare: the shape check already failed
     rows.append(
-        checks.parity(
+        checks.source_parity(
             f"parity vs source ({refs.source_label})",
             refs.source,
             out,
@@ -171,6 +180,12 @@ def teacher_checks(target: TargetSpec, artifact: Artifact, session, teacher: Tea
     if artifact.host_l2_normalize:
         out = _l2(out)
     name = artifact.name
+    if teacher.self_judged:
+        rules = acceptance.profile_checks(
+            teacher.profile, teacher.gallery, out, teacher.labels, teacher.conditions, fid, name
+        )
+        reason = f"{teacher.separation}; {teacher.eval_description}; source embeddings {teacher.embeddings_status}"
+        return [checks.not_applicable("parity vs teacher", reason, name), *rules]
     # Gated on the identities' held-out views (clean, occluded, glare): a student must reproduce its
     # teacher on cards. On images that are no card the product's rule is "no match", checked below;
     # how closely the student follows the teacher there is reported, not gated.

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from zoo.fidelity import Check, Fidelity, Status
-from zoo.validators.metrics import parity_stats
+from zoo.validators.metrics import discrimination_stats, parity_stats
 
 NORM_TOLERANCE = 1e-3
 
@@ -67,6 +69,47 @@ def parity(
         f"{stats['samples']} samples" + (f"; {detail}" if detail else ""),
         data=stats,
     )
+
+
+COLLAPSE_RATIO = 0.5  # outputs that vary less than half as much as the source's are constant or collapsed
+
+
+def source_parity(
+    name: str, reference: np.ndarray, out: np.ndarray, min_cosine: float, fidelity: Fidelity, artifact: str, detail=""
+) -> Check:
+    """Parity that can fail. The cosine rule alone passes a constant output when the source embeds
+    different inputs almost alike (untrained weights: pairwise cosine ≥ 0.9998). So: outputs that vary
+    far less than the source's fail (constant or collapsed); and unless every output is nearest its own
+    input's source embedding, a passing cosine means nothing here — "not run (not meaningful)"."""
+    row = parity(name, reference, out, min_cosine, fidelity, artifact, detail)
+    if len(reference) < 2:
+        return row
+    d = discrimination_stats(reference, out)
+    data = {**row.data, **d}
+    if row.status is Status.FAIL:
+        return replace(row, data=data)
+    figures = (
+        f"the source embeds the inputs within {d['source_distance_min']:.2e} of each other (cosine distance), "
+        f"this artifact's largest error is {d['error_max']:.2e}"
+    )
+    if d["output_spread"] < COLLAPSE_RATIO * d["source_spread"]:
+        return replace(
+            row,
+            status=Status.FAIL,
+            detail=f"{row.detail}; the outputs vary {d['source_spread'] / max(d['output_spread'], 1e-30):.0f}× less "
+            "than the source's across the inputs: a constant or collapsed output",
+            data=data,
+        )
+    if d["identified"] < len(reference):
+        return replace(
+            row,
+            status=Status.NOT_RUN,
+            detail=f"{row.detail}; not meaningful: {d['identified']}/{len(reference)} outputs are nearest their own "
+            f"input's source embedding — {figures}, so these inputs cannot tell it from a broken artifact "
+            "(untrained weights?)",
+            data=data,
+        )
+    return replace(row, detail=f"{row.detail}; every output nearest its own input ({figures})", data=data)
 
 
 def not_applicable(name: str, reason: str, artifact: str = "") -> Check:

@@ -8,6 +8,17 @@ from functools import lru_cache
 
 import numpy as np
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}  # what zoo reads from a user's folder
+
+
+def read_rgb(path) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB (grey, palette and alpha images converted)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 # Real photographs and scans bundled inside scikit-image (no download needed).
 PHOTO_NAMES = (
     "astronaut",

@@ -31,6 +31,7 @@ ENTRY_POINT_GROUP = "zoo.validators"
 # name → "module:Class", and the formats each one inspects (so no module is imported to find out)
 BUILTIN = {
     "coreml_structure": ("zoo.validators.coreml_structure:StructureInspector", ("mlpackage", "mlmodel")),
+    "hailo_preflight": ("zoo.hailo.inspector:HailoPreflightInspector", ("onnx",)),
 }
 
 
