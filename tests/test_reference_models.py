@@ -5,14 +5,14 @@ import json
 import pytest
 
 from zoo.cli import main
-from zoo.distillation import REFERENCE_STUDENTS, REFERENCE_TEACHER
+from zoo.distillation import REFERENCE_DOG, REFERENCE_STUDENTS, REFERENCE_TEACHER
 from zoo.fidelity import Fidelity, Status
 from zoo.pipeline import convert
 
 
 def test_reference_checkpoints_are_small_and_verified(registry):
     total = 0
-    for name in (REFERENCE_TEACHER, *REFERENCE_STUDENTS):
+    for name in (REFERENCE_TEACHER, *REFERENCE_STUDENTS, REFERENCE_DOG):
         spec = registry.get(name)
         assert spec.trained, f"{name} ships without a checkpoint"
         total += spec.checkpoint.path.stat().st_size
@@ -83,6 +83,25 @@ def test_shipped_students_on_onnx(student, registry, tmp_path):
     assert outcome.report.failed == bool(failed)
 
 
+def test_reference_dog_embedder_meets_the_dog_identity_profile(registry, tmp_path):
+    """ref_dog has no teacher: its ONNX is judged by the dog-identity profile against its own source
+    model's gallery, on the reference task (its cards stand in for dogs), 512-d as Immich stores faces."""
+    outcome = convert(REFERENCE_DOG, "server", out_root=tmp_path, registry=registry, latency_runs=20)
+    rows = {c.name: c for c in outcome.report.checks}
+    assert rows["parity vs teacher"].status is Status.NOT_APPLICABLE
+    rules = [c for c in outcome.report.checks if c.name.startswith(("verification", "retrieval", "same", "different"))]
+    assert len(rules) >= 5 and all(c.fidelity is Fidelity.MEASURED for c in rules)
+    assert all(c.status is Status.PASS for c in rules), [
+        (c.name, c.value) for c in rules if c.status is not Status.PASS
+    ]
+    verification = next(c for c in rules if c.name.startswith("verification"))
+    assert verification.value >= 0.9
+    assert rows[UNKNOWN_RULE].status is Status.PASS and rows[UNKNOWN_RULE].value >= 0.8
+    shapes = [c for c in outcome.report.checks if c.name == "output shape and dtype"]
+    assert shapes and all(c.status is Status.PASS and ", 512)" in c.value for c in shapes)
+    assert not outcome.report.failed
+
+
 def test_untrained_student_fails_teacher_parity_with_exit_1(write_registry, tmp_path, capsys):
     untrained = write_registry(
         """
@@ -132,7 +151,28 @@ def test_a_few_epochs_of_distillation_learn(registry):
     )
     assert log.losses[-1] < log.losses[0]
     # 3 epochs of 6 photographs per card do not yet move the held-out photographs (the shipped recipe
-    # is 30 × 32); the training loss is what must fall
+    # is STUDENT_RECIPE); the training loss is what must fall
+
+
+def test_students_side_by_side_come_out_as_if_trained_alone(registry):
+    """`zoo reference build` trains the students in lockstep on pools rendered in a worker process;
+    `zoo distill` trains one, rendering in-process or ahead: the weights must be the same bytes."""
+    import dataclasses
+
+    import torch
+
+    from zoo.training import distill, distill_students
+
+    teacher = registry.get(REFERENCE_TEACHER)
+    a, b = (dataclasses.replace(registry.get(n), checkpoint=None) for n in ("ref_convnext", "ref_efficientnet"))
+    options = dict(epochs=2, views_per_image=2, negative_views=1, show_progress=False)
+    (a_side, a_log), (b_side, _) = distill_students(teacher, [a, b], workers=1, **options)
+    a_alone, a_alone_log = distill(teacher, a, workers=0, **options)
+    b_alone, _ = distill(teacher, b, workers=1, **options)
+    for side, alone in ((a_side, a_alone), (b_side, b_alone)):
+        assert side.state_dict().keys() == alone.state_dict().keys()
+        assert all(torch.equal(x, alone.state_dict()[k]) for k, x in side.state_dict().items())
+    assert a_log.losses == a_alone_log.losses and len(a_log.losses) == 2
 
 
 @pytest.mark.parametrize("target", ["tflite-int8", "tflite-int8-static"])

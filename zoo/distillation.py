@@ -16,8 +16,11 @@ REFERENCE_WEIGHTS = REFERENCE_DIR / "weights"
 REFERENCE_REGISTRY = REFERENCE_DIR / "reference.toml"
 REFERENCE_TEACHER = "ref_teacher"
 REFERENCE_STUDENTS = ("ref_convnext", "ref_vit", "ref_efficientnet")
+REFERENCE_DOG = "ref_dog"
 # The recipes the shipped reference checkpoints were trained with.
-TEACHER_RECIPE = {"epochs": 60, "views_per_identity": 32, "seed": 0}
+TEACHER_RECIPE = {"epochs": 60, "views_per_identity": 32, "seed": 0, "compactness_weight": 16.0}
+# the dog line's 512-d embedder: ArcFace on the same task (its identities stand in for dogs)
+DOG_RECIPE = {"epochs": 60, "views_per_identity": 32, "seed": 0, "compactness_weight": 16.0}
 # Each card view is a rendered photograph (~3 ms on this CPU): 32 views per card and 8 per negative
 # over 30 epochs keep `zoo reference build` within 40 min on the 2-core build machine.
 STUDENT_RECIPE = {"epochs": 30, "views_per_image": 32, "negative_views": 8, "seed": 0}
@@ -96,10 +99,33 @@ def distill_and_register(
     seed: int = 0,
     show_progress: bool = True,
 ) -> TrainedModel:
-    import torch
+    return distill_and_register_students(
+        teacher,
+        [(student, out)],
+        register=register,
+        images_dir=images_dir,
+        epochs=epochs,
+        views_per_image=views_per_image,
+        seed=seed,
+        show_progress=show_progress,
+    )[0]
 
+
+def distill_and_register_students(
+    teacher: ModelSpec,
+    students: list[tuple[ModelSpec, Path]],
+    *,
+    register: Path | None,
+    images_dir: Path | None = None,
+    epochs: int = STUDENT_RECIPE["epochs"],
+    views_per_image: int = STUDENT_RECIPE["views_per_image"],
+    seed: int = 0,
+    show_progress: bool = True,
+) -> list[TrainedModel]:
+    """Distil each (student, checkpoint path) from `teacher` on the same pools (training.distill_students),
+    then write each checkpoint and model card and register it."""
     from zoo.errors import UsageError
-    from zoo.training import DISTILL_OCCLUSION, distill
+    from zoo.training import distill_students
 
     if not teacher.trained:
         raise UsageError(
@@ -112,9 +138,9 @@ def distill_and_register(
         from zoo.validators.inputs import resize_center_crop
 
         images = tuple(resize_center_crop(im, BASE_PX) for im in training_images(images_dir))
-    model, log = distill(
+    trained = distill_students(
         teacher,
-        student,
+        [student for student, _ in students],
         images=images,
         epochs=epochs,
         views_per_image=views_per_image,
@@ -122,6 +148,18 @@ def distill_and_register(
         seed=seed,
         show_progress=show_progress,
     )
+    recipe = {"epochs": epochs, "seed": seed, "views_per_image": views_per_image}
+    return [
+        _save_student(teacher, student, out, model, log, register, images_dir, recipe)
+        for (student, out), (model, log) in zip(students, trained)
+    ]
+
+
+def _save_student(teacher, student, out, model, log, register, images_dir, recipe) -> TrainedModel:
+    import torch
+
+    from zoo.training import DISTILL_OCCLUSION
+
     sha = save_weights(model, out)
     spec = dataclasses.replace(student, checkpoint=Checkpoint(out.resolve(), sha), source=str(register or ""))
     card = {
@@ -130,10 +168,8 @@ def distill_and_register(
         "(cosine loss on L2-normalized embeddings).",
         "teacher": teacher.name,
         "teacher_checkpoint_sha256": teacher.checkpoint.sha256,
-        "data": f"folder {images_dir}" if images_dir else "reference identity task (zoo.identity_task)",
-        "epochs": epochs,
-        "seed": seed,
-        "views_per_image": views_per_image,
+        "data": f"folder {images_dir}" if images_dir else "reference card task (zoo.identity_task)",
+        **recipe,
         "negative_views": STUDENT_RECIPE["negative_views"],
         "occluded_share": DISTILL_OCCLUSION,
         "threads": torch.get_num_threads(),
@@ -150,32 +186,36 @@ def distill_and_register(
     return TrainedModel(spec, card)
 
 
-def train_reference_teacher(out_dir: Path, registry: Registry, *, show_progress: bool = True) -> TrainedModel:
-    """Retrain the reference teacher (ArcFace) into `out_dir`, registered in `out_dir/registry.toml`."""
+def train_reference_embedder(
+    name: str, recipe: dict, out_dir: Path, registry: Registry, *, show_progress: bool = True
+) -> TrainedModel:
+    """Retrain a reference model ArcFace-first (the teacher, the dog-line embedder) into `out_dir`,
+    registered in `out_dir/registry.toml`."""
     import torch
 
-    from zoo.training import COMPACTNESS_WEIGHT, TEACHER_OCCLUSION, train_arcface
+    from zoo.training import TEACHER_OCCLUSION, train_arcface
 
     out_dir = Path(out_dir)
-    teacher = dataclasses.replace(registry.get(REFERENCE_TEACHER), checkpoint=None)
+    spec = dataclasses.replace(registry.get(name), checkpoint=None)
     torch.set_num_threads(TRAINING_THREADS)
     model, log = train_arcface(
-        teacher,
-        epochs=TEACHER_RECIPE["epochs"],
-        views_per_identity=TEACHER_RECIPE["views_per_identity"],
-        seed=TEACHER_RECIPE["seed"],
+        spec,
+        epochs=recipe["epochs"],
+        views_per_identity=recipe["views_per_identity"],
+        seed=recipe["seed"],
+        compactness=recipe["compactness_weight"],
         show_progress=show_progress,
     )
-    path = out_dir / f"{teacher.name}.safetensors"
+    path = out_dir / f"{spec.name}.safetensors"
     sha = save_weights(model, path)
-    teacher = dataclasses.replace(teacher, checkpoint=Checkpoint(path.resolve(), sha))
+    spec = dataclasses.replace(spec, checkpoint=Checkpoint(path.resolve(), sha))
     card = {
-        "model": teacher.name,
-        "summary": f"{teacher.architecture} + head, ArcFace (margin 0.5, scale 64) with a centre term.",
-        "data": "reference identity task (zoo.identity_task)",
-        **TEACHER_RECIPE,
+        "model": spec.name,
+        "summary": f"{spec.architecture}{_arguments(spec)} + head, ArcFace (margin 0.5, scale 64) with a centre term.",
+        "data": "reference card task (zoo.identity_task): photographs of its cards; card-free scenes as negatives",
+        **recipe,
         "occluded_share": TEACHER_OCCLUSION,
-        "compactness_weight": COMPACTNESS_WEIGHT,
+        "schedule": "plain softmax for the first 40 % of epochs, margin ramped in over 16 %, then the centre term",
         "threads": torch.get_num_threads(),
         "seconds": round(log.seconds, 1),
         "loss_first_epoch": round(log.losses[0], 5),
@@ -184,24 +224,33 @@ def train_reference_teacher(out_dir: Path, registry: Registry, *, show_progress:
         "checkpoint_sha256": sha,
     }
     _write_card(path, card)
-    upsert_registry_file(out_dir / "registry.toml", teacher, override=True)
-    return TrainedModel(teacher, card)
+    upsert_registry_file(out_dir / "registry.toml", spec, override=True)
+    return TrainedModel(spec, card)
 
 
-def distill_reference_student(
-    name: str, teacher: ModelSpec, out_dir: Path, registry: Registry, *, show_progress: bool = True
-) -> TrainedModel:
-    """Distil one reference student from `teacher` into `out_dir` (its registry.toml)."""
+def train_reference_teacher(out_dir: Path, registry: Registry, *, show_progress: bool = True) -> TrainedModel:
+    """Retrain the reference teacher (ArcFace) into `out_dir`, registered in `out_dir/registry.toml`."""
+    return train_reference_embedder(REFERENCE_TEACHER, TEACHER_RECIPE, out_dir, registry, show_progress=show_progress)
+
+
+def distill_reference_students(
+    names, teacher: ModelSpec, out_dir: Path, registry: Registry, *, show_progress: bool = True
+) -> list[TrainedModel]:
+    """Distil reference students from `teacher` into `out_dir` (its registry.toml), side by side on the
+    same rendered pools; each comes out as it would alone (training.distill_students)."""
     import torch
 
     torch.set_num_threads(TRAINING_THREADS)
-    student = dataclasses.replace(registry.get(name), checkpoint=None)
-    return distill_and_register(
+    students = [
+        (dataclasses.replace(registry.get(name), checkpoint=None), Path(out_dir) / f"{name}.safetensors")
+        for name in names
+    ]
+    return distill_and_register_students(
         teacher,
-        student,
-        out=Path(out_dir) / f"{name}.safetensors",
+        students,
         register=Path(out_dir) / "registry.toml",
         epochs=STUDENT_RECIPE["epochs"],
+        views_per_image=STUDENT_RECIPE["views_per_image"],
         seed=STUDENT_RECIPE["seed"],
         show_progress=show_progress,
     )
@@ -211,10 +260,10 @@ def build_reference(out_dir: Path, registry: Registry, *, show_progress: bool = 
     """Retrain the reference teacher (ArcFace) and distil the reference students into `out_dir`,
     writing `out_dir/registry.toml`. Compare with the shipped weights via compare_with_shipped()."""
     teacher = train_reference_teacher(out_dir, registry, show_progress=show_progress)
-    results = [teacher]
-    for name in REFERENCE_STUDENTS:
-        results.append(distill_reference_student(name, teacher.spec, out_dir, registry, show_progress=show_progress))
-    return results
+    students = distill_reference_students(
+        REFERENCE_STUDENTS, teacher.spec, out_dir, registry, show_progress=show_progress
+    )
+    return [teacher, *students]
 
 
 def max_weight_diff(a: dict, b: dict) -> float | None:

@@ -21,12 +21,13 @@ TEACHER_OCCLUSION = 0.3  # share of the teacher's identity views with a large oc
 DISTILL_OCCLUSION = 0.5  # the same for distillation: students must follow the teacher on occluded cards
 OUTLIER_MAX_COSINE = 0.2
 # ArcFace stops pulling a view in once its margin logit wins, so a teacher's occluded and glare views
-# can sit at cosine ~0.8 to their identity; students then cannot follow those one-off directions.
-# A centre term (1 - cos to the class weight) keeps each identity compact: at 4 the students' worst
-# held-out view vs the teacher rose from 0.940 to 0.958 (EfficientNet) and 0.961 to 0.974 (ConvNeXt);
-# at 8 identities start to merge (teacher top-1 93 %, different-identity p95 0.99).
-COMPACTNESS_WEIGHT = 4.0
-MARGIN_START, MARGIN_WARMUP = 40, 16  # percent of the epochs: plain softmax until then, then the margin ramps in
+# can sit at cosine ~0.8 to their card; students then cannot follow those one-off directions. A centre
+# term (1 - cos to the class weight) keeps each card compact. On the card task (60 epochs): weight 4 →
+# same-card p5 0.842, different-card p95 0.369; 16 → 0.874 / 0.417 (a distilled ConvNeXt's worst
+# held-out view 0.896 → 0.911); 40 → 0.897 / 0.493, too near the 0.5 different-card rule.
+COMPACTNESS_WEIGHT = 16.0
+MARGIN_START, MARGIN_WARMUP = 40, 16
+HARD_SHARE, HARD_WEIGHT = 0.25, 1.0  # percent of the epochs: plain softmax until then, then the margin ramps in
 
 
 @dataclass
@@ -130,6 +131,7 @@ def train_arcface(
     seed: int = 0,
     occlude: float = TEACHER_OCCLUSION,
     compactness: float = COMPACTNESS_WEIGHT,
+    workers: int | None = None,
     show_progress: bool = True,
 ):
     """Train `spec`'s embedding model with ArcFace on the reference identity task. Returns (model, log).
@@ -155,21 +157,17 @@ def train_arcface(
     # With the margin in from the start (over the first quarter) the classes never separate and the
     # embedding collapses to one point (every view at cosine > 0.99 to every card).
     margin_start, margin_warmup = epochs * MARGIN_START // 100, max(1, epochs * MARGIN_WARMUP // 100)
-    for epoch in range(epochs):
+    # a fresh augmented pool each epoch, seeded by (seed, epoch), each card photographed on a training surface
+    jobs = [
+        (task.identities, task.negatives, views_per_identity, NEGATIVE_VIEWS, spec.input_size, seed * 1000 + epoch)
+        + (occlude, False, True)
+        for epoch in range(epochs)
+    ]
+    pools = prefetched_pools(jobs, render_workers() if workers is None else workers)
+    for epoch, (views, labels) in enumerate(pools):
         ramp = min(1.0, max(0.0, (epoch + 1 - margin_start) / margin_warmup))
         head.margin = ARCFACE_MARGIN * ramp
         centre_weight = compactness * min(1.0, max(0.0, (epoch + 1 - margin_start - margin_warmup) / margin_warmup))
-        # a fresh augmented pool each epoch, seeded by (seed, epoch)
-        views, labels = pool_with_negatives(
-            task.identities,
-            task.negatives,
-            views_per_identity,
-            NEGATIVE_VIEWS,
-            spec.input_size,
-            seed * 1000 + epoch,
-            occlude=occlude,
-            cards=True,  # each view a photograph of a card on a training surface
-        )
         x_all = _to_input(views, spec)
         y_all = torch.from_numpy(labels)
         order = torch.randperm(len(views))
@@ -205,9 +203,60 @@ def train_arcface(
     return model, log
 
 
-def distill(
+def render_workers() -> int:
+    """Processes that render training pools ahead of training: every core but the one training."""
+    import os
+
+    return min(4, max(1, (os.cpu_count() or 1) - 1))
+
+
+def prefetched_pools(jobs: list[tuple], workers: int):
+    """pool_with_negatives(*job) for each job, in order, rendered ahead in `workers` processes (a card
+    photograph costs about as much to render as a training step on it costs to learn from). The pools
+    are the same as rendering them here: each is seeded by its job. workers = 0 renders in-process."""
+    if workers <= 0:
+        for job in jobs:
+            yield pool_with_negatives(*job)
+        return
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: the parent holds torch's thread pools, which a forked child must not inherit
+    executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        waiting = iter(jobs)
+        pending = deque(executor.submit(pool_with_negatives, *job) for _, job in zip(range(workers + 1), waiting))
+        while pending:
+            pool = pending.popleft().result()
+            job = next(waiting, None)
+            if job is not None:
+                pending.append(executor.submit(pool_with_negatives, *job))
+            yield pool
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _distillation_loss(out, target):
+    """1 − cosine, plus the same again over the batch's hardest share of views: the rule gates the
+    worst held-out view, and an occluded card is where a student strays from its teacher."""
+    import torch
+
+    gap = 1 - torch.nn.functional.cosine_similarity(out, target, dim=1)
+    if not HARD_SHARE:
+        return gap.mean()
+    hardest = gap.topk(max(1, int(len(gap) * HARD_SHARE))).values
+    return gap.mean() + HARD_WEIGHT * hardest.mean()
+
+
+def distill(teacher_spec: ModelSpec, student_spec: ModelSpec, **options):
+    """One student: distill_students with a single student. Returns (student model, log)."""
+    return distill_students(teacher_spec, [student_spec], **options)[0]
+
+
+def distill_students(
     teacher_spec: ModelSpec,
-    student_spec: ModelSpec,
+    student_specs: list[ModelSpec],
     *,
     images: tuple[np.ndarray, ...] | None = None,
     epochs: int = 30,
@@ -217,50 +266,56 @@ def distill(
     lr: float = 3e-3,
     seed: int = 0,
     occlude: float = DISTILL_OCCLUSION,
+    workers: int | None = None,
     show_progress: bool = True,
 ):
-    """Train the student's embedding to reproduce the frozen teacher's (cosine loss on L2-normalized
-    embeddings). Each epoch draws a fresh augmented pool (seeded per epoch), which the frozen teacher
-    embeds once for that epoch, so a student of a few hundred thousand weights sees fresh occlusions
-    instead of memorising one set.
-    Returns (student model, log) with held-out cosine vs the teacher before and after."""
+    """Train each student's embedding to reproduce the frozen teacher's (cosine loss on L2-normalized
+    embeddings). Each epoch draws a fresh augmented pool (seeded per epoch, rendered ahead in worker
+    processes), which the frozen teacher embeds once for every student, so a student of a few hundred
+    thousand weights sees fresh occlusions instead of memorising one set. The students train in lockstep
+    on the same pools, each with its own random state: each comes out exactly as if trained alone.
+    Returns [(student model, log)] with held-out cosine vs the teacher before and after."""
     import torch
 
     from zoo.models import build_model
 
-    if teacher_spec.embedding_dim != student_spec.embedding_dim:
-        from zoo.errors import UsageError
+    for student_spec in student_specs:
+        if teacher_spec.embedding_dim != student_spec.embedding_dim:
+            from zoo.errors import UsageError
 
-        raise UsageError(
-            f"student {student_spec.name} embeds {student_spec.embedding_dim}-d, teacher {teacher_spec.name} "
-            f"{teacher_spec.embedding_dim}-d: distillation needs the same dimension"
-        )
+            raise UsageError(
+                f"student {student_spec.name} embeds {student_spec.embedding_dim}-d, teacher {teacher_spec.name} "
+                f"{teacher_spec.embedding_dim}-d: distillation needs the same dimension"
+            )
     _seed_all(seed)
     teacher = build_model(teacher_spec)
-    student = build_model(student_spec, load_checkpoint=False)
+    students, states = [], []
+    for student_spec in student_specs:
+        _seed_all(seed)
+        students.append(build_model(student_spec, load_checkpoint=False))
+        states.append(torch.get_rng_state())
     negatives: tuple[np.ndarray, ...] = ()
     cards = images is None  # the reference task: photographs of its cards, and its training negatives
     if cards:
         task = reference_task()
         images, negatives = task.identities, task.negatives
-
-    def draw_pool(draw: int):
-        # seeds stay below 1e6: evaluation views never share one (identity_task.EVAL_SEED)
-        # fewer views of each negative: the identities are what the student must follow
-        views, _ = pool_with_negatives(
-            images, negatives, views_per_image, negative_views, BASE_PX, seed * 1000 + draw, occlude, True, cards
-        )
-        target = torch.from_numpy(embed(teacher, views, teacher_spec))  # cached teacher embeddings
-        return _to_input(views, student_spec), target
+    sizes = {spec.input_size for spec in (teacher_spec, *student_specs)}
+    # one size for all: render at it (as the teacher was trained); else at the base size, resized per model
+    size = sizes.pop() if len(sizes) == 1 else BASE_PX
+    # seeds stay below 1e6: evaluation views never share one (identity_task.EVAL_SEED); fewer views of
+    # each negative: the identities are what a student must follow
+    jobs = [
+        (images, negatives, views_per_image, negative_views, size, seed * 1000 + epoch, occlude, True, cards)
+        for epoch in range(epochs)
+    ]
 
     ev = eval_set()
     ev_teacher = embed(teacher, ev.views, teacher_spec)
-
     known = ev.labels >= 0  # the identities' views; unknown images are reported apart
     conditions = np.asarray(ev.conditions)
 
-    def heldout_cosine():
-        cos = cosine_rows(embed(student, ev.views, student_spec), ev_teacher)
+    def heldout_cosine(student, spec):
+        cos = cosine_rows(embed(student, ev.views, spec), ev_teacher)
         return {
             "min": float(cos[known].min()),
             "p5": float(np.percentile(cos[known], 5)),
@@ -269,29 +324,40 @@ def distill(
             "by_condition_min": {c: float(cos[conditions == c].min()) for c in dict.fromkeys(ev.conditions)},
         }
 
-    log = TrainingLog()
-    log.heldout["before"] = heldout_cosine()
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01)
+    logs = [TrainingLog() for _ in students]
+    optimizers, schedulers = [], []
     steps_per_epoch = (len(images) * views_per_image + len(negatives) * negative_views) // batch
-    scheduler = _schedule(optimizer, epochs * steps_per_epoch, warmup=steps_per_epoch)
+    for student, spec, log in zip(students, student_specs, logs):
+        log.heldout["before"] = heldout_cosine(student, spec)
+        optimizers.append(torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01))
+        schedulers.append(_schedule(optimizers[-1], epochs * steps_per_epoch, warmup=steps_per_epoch))
     start = time.perf_counter()
-    bar = _progress_bar(epochs, f"distill {student_spec.name} ← {teacher_spec.name}", show_progress)
-    for epoch in range(epochs):
-        x_all, target = draw_pool(epoch)
-        student.train()
-        order = torch.randperm(len(x_all))
-        losses = []
-        for i in range(steps_per_epoch):
-            idx = order[i * batch : (i + 1) * batch]
-            out = student(x_all[idx])
-            loss = (1 - torch.nn.functional.cosine_similarity(out, target[idx], dim=1)).mean()
-            losses.append(_step(optimizer, scheduler, loss))
-        log.losses.append(float(np.mean(losses)))
-        bar.set_postfix(loss=f"{log.losses[-1]:.4f}")
+    names = ", ".join(spec.name for spec in student_specs)
+    bar = _progress_bar(epochs, f"distill {names} ← {teacher_spec.name}", show_progress)
+    pools = prefetched_pools(jobs, render_workers() if workers is None else workers)
+    for views, _ in pools:
+        target = torch.from_numpy(embed(teacher, views, teacher_spec))  # the teacher's, once per pool
+        for i, (student, spec, log) in enumerate(zip(students, student_specs, logs)):
+            torch.set_rng_state(states[i])
+            x_all = _to_input(views, spec)
+            student.train()
+            order = torch.randperm(len(x_all))
+            losses = []
+            for step in range(steps_per_epoch):
+                idx = order[step * batch : (step + 1) * batch]
+                out = student(x_all[idx])
+                losses.append(_step(optimizers[i], schedulers[i], _distillation_loss(out, target[idx])))
+            log.losses.append(float(np.mean(losses)))
+            states[i] = torch.get_rng_state()
+        bar.set_postfix(loss=" ".join(f"{log.losses[-1]:.4f}" for log in logs))
         bar.update()
     bar.close()
-    log.epochs = epochs
-    log.seconds = time.perf_counter() - start
-    student.eval()
-    log.heldout["after"] = heldout_cosine()
-    return student, log
+    seconds = time.perf_counter() - start
+    results = []
+    for student, spec, log in zip(students, student_specs, logs):
+        log.epochs = epochs
+        log.seconds = seconds
+        student.eval()
+        log.heldout["after"] = heldout_cosine(student, spec)
+        results.append((student, log))
+    return results
