@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from zoo.checkpoints import sha256_file
 from zoo.cli import main
 from zoo.errors import EXIT_USAGE, UsageError
 from zoo.evalset import export_reference_evaluation_set, load_evaluation_set, reference_evaluation_set
@@ -260,7 +261,7 @@ input_size = 64
 head = [64]
 embedding_dim = 64
 embedding_space = "reference-identities-64-v1"
-checkpoint = {{ path = "{WEIGHTS / "ref_convnext.safetensors"}", sha256 = "e552de6d8baecfe305fae75c7c846008e699c4a98217c31ddd0fc9a5ff60d364" }}
+checkpoint = {{ path = "{WEIGHTS / "ref_convnext.safetensors"}", sha256 = "{sha256_file(WEIGHTS / "ref_convnext.safetensors")}" }}
 eval_set = "team-eval"
 acceptance = "team"
 
@@ -277,11 +278,6 @@ rule = [
 """
 
 
-@pytest.mark.xfail(
-    reason="the server target's own 0.95 minimum vs the teacher gates too, and the shipped card-task "
-    "ConvNeXt reaches 0.896 on its worst photograph (README, reference models)",
-    strict=True,
-)
 def test_a_team_set_and_profile_from_the_registry(exported, tmp_path, capsys, monkeypatch):
     _user_set(tmp_path / "team-eval", exported)
     reg = tmp_path / "team.toml"
@@ -351,7 +347,7 @@ def test_a_trained_model_without_a_teacher_is_judged_by_its_profile(exported, tm
         .replace('eval_set = "team-eval"', f'eval_set = "{exported}"')
     )
     argv = ["convert", "--registry", reg, "--model", "team_embedder", "--target", "server", "--out", tmp_path / "o"]
-    assert main([str(a) for a in [*argv, "--latency-runs", "20", "-q"]]) == 1  # the unknown rule fails, as above
+    assert main([str(a) for a in [*argv, "--latency-runs", "20", "-q"]]) == 0
     capsys.readouterr()
     report = _report(tmp_path / "o" / "team_embedder" / "server" / "report.json")
     rows = {c["name"]: c for c in report["checks"] if c["artifact"] == "model.onnx"}
@@ -363,5 +359,7 @@ def test_a_trained_model_without_a_teacher_is_judged_by_its_profile(exported, tm
         rows["retrieval top-1, clean views"]["status"] == "pass"
         and rows["retrieval top-1, clean views"]["value"] >= 0.95
     )
-    assert rows["unknown images reported 'no match'"]["status"] == "fail"
+    # the shipped ConvNeXt, judged on its own gallery: every card-free scene is "no match"
+    unknown = rows["unknown images reported 'no match'"]
+    assert unknown["status"] == "pass" and unknown["value"] >= 0.9
     assert not any("vacuity guard" in c["name"] for c in report["checks"])
