@@ -40,7 +40,7 @@ def test_reference_teacher_separates_identities(registry):
 
 # What the shipped students reach on the card task (their model cards give the figures): each passes
 # every retrieval, same/different-card and "no match" rule; ConvNeXt also meets the > 0.95 minimum vs
-# the teacher on its worst held-out photograph (0.953), EfficientNet (0.900) and the ViT (0.848) do not
+# the teacher on its worst held-out photograph (0.971), EfficientNet (0.900) and the ViT (0.848) do not
 # yet (see the README).
 UNKNOWN_RULE = "unknown images reported 'no match'"
 TEACHER_PARITY = "parity vs teacher (ref_teacher, torch)"
@@ -51,8 +51,8 @@ KNOWN_FAILURES: dict[str, set[str]] = {
     "ref_efficientnet": {TEACHER_PARITY},
     "ref_vit": {TEACHER_PARITY},
 }
-WORST_VIEW_AT_LEAST = {"ref_convnext": 0.95, "ref_efficientnet": 0.89, "ref_vit": 0.84}
-MEAN_AT_LEAST = {"ref_convnext": 0.985, "ref_efficientnet": 0.975, "ref_vit": 0.96}
+WORST_VIEW_AT_LEAST = {"ref_convnext": 0.965, "ref_efficientnet": 0.89, "ref_vit": 0.84}
+MEAN_AT_LEAST = {"ref_convnext": 0.99, "ref_efficientnet": 0.975, "ref_vit": 0.96}
 
 
 @pytest.mark.parametrize("student", REFERENCE_STUDENTS)
@@ -168,10 +168,11 @@ def test_students_side_by_side_come_out_as_if_trained_alone(registry):
 
     teacher = registry.get(REFERENCE_TEACHER)
     a, b = (dataclasses.replace(registry.get(n), checkpoint=None) for n in ("ref_convnext", "ref_efficientnet"))
-    options = dict(epochs=2, views_per_image=2, negative_views=1, show_progress=False)
-    (a_side, a_log), (b_side, _) = distill_students(teacher, [a, b], workers=1, **options)
-    a_alone, a_alone_log = distill(teacher, a, workers=0, **options)
-    b_alone, _ = distill(teacher, b, workers=1, **options)
+    options = dict(views_per_image=2, negative_views=1, show_progress=False)
+    # a stops after 2 epochs, b after 1: each as if alone
+    (a_side, a_log), (b_side, _) = distill_students(teacher, [a, b], epochs=[2, 1], workers=1, **options)
+    a_alone, a_alone_log = distill(teacher, a, epochs=2, workers=0, **options)
+    b_alone, _ = distill(teacher, b, epochs=1, workers=1, **options)
     for side, alone in ((a_side, a_alone), (b_side, b_alone)):
         assert side.state_dict().keys() == alone.state_dict().keys()
         assert all(torch.equal(x, alone.state_dict()[k]) for k, x in side.state_dict().items())

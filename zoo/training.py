@@ -259,7 +259,7 @@ def distill_students(
     student_specs: list[ModelSpec],
     *,
     images: tuple[np.ndarray, ...] | None = None,
-    epochs: int = 30,
+    epochs: int | list[int] = 30,
     views_per_image: int = 64,
     negative_views: int = 16,
     batch: int = 64,
@@ -274,6 +274,7 @@ def distill_students(
     processes), which the frozen teacher embeds once for every student, so a student of a few hundred
     thousand weights sees fresh occlusions instead of memorising one set. The students train in lockstep
     on the same pools, each with its own random state: each comes out exactly as if trained alone.
+    `epochs` is one count for all, or one per student (a student's pools are the first of the shared ones).
     Returns [(student model, log)] with held-out cosine vs the teacher before and after."""
     import torch
 
@@ -287,6 +288,7 @@ def distill_students(
                 f"student {student_spec.name} embeds {student_spec.embedding_dim}-d, teacher {teacher_spec.name} "
                 f"{teacher_spec.embedding_dim}-d: distillation needs the same dimension"
             )
+    per_student = [epochs] * len(student_specs) if isinstance(epochs, int) else list(epochs)
     _seed_all(seed)
     teacher = build_model(teacher_spec)
     students, states = [], []
@@ -306,7 +308,7 @@ def distill_students(
     # each negative: the identities are what a student must follow
     jobs = [
         (images, negatives, views_per_image, negative_views, size, seed * 1000 + epoch, occlude, True, cards)
-        for epoch in range(epochs)
+        for epoch in range(max(per_student))
     ]
 
     ev = eval_set()
@@ -327,17 +329,19 @@ def distill_students(
     logs = [TrainingLog() for _ in students]
     optimizers, schedulers = [], []
     steps_per_epoch = (len(images) * views_per_image + len(negatives) * negative_views) // batch
-    for student, spec, log in zip(students, student_specs, logs):
+    for student, spec, log, count in zip(students, student_specs, logs, per_student):
         log.heldout["before"] = heldout_cosine(student, spec)
         optimizers.append(torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01))
-        schedulers.append(_schedule(optimizers[-1], epochs * steps_per_epoch, warmup=steps_per_epoch))
+        schedulers.append(_schedule(optimizers[-1], count * steps_per_epoch, warmup=steps_per_epoch))
     start = time.perf_counter()
     names = ", ".join(spec.name for spec in student_specs)
-    bar = _progress_bar(epochs, f"distill {names} ← {teacher_spec.name}", show_progress)
+    bar = _progress_bar(len(jobs), f"distill {names} ← {teacher_spec.name}", show_progress)
     pools = prefetched_pools(jobs, render_workers() if workers is None else workers)
-    for views, _ in pools:
+    for epoch, (views, _) in enumerate(pools):
         target = torch.from_numpy(embed(teacher, views, teacher_spec))  # the teacher's, once per pool
         for i, (student, spec, log) in enumerate(zip(students, student_specs, logs)):
+            if epoch >= per_student[i]:
+                continue  # this student's epochs are done
             torch.set_rng_state(states[i])
             x_all = _to_input(views, spec)
             student.train()
@@ -349,13 +353,13 @@ def distill_students(
                 losses.append(_step(optimizers[i], schedulers[i], _distillation_loss(out, target[idx])))
             log.losses.append(float(np.mean(losses)))
             states[i] = torch.get_rng_state()
-        bar.set_postfix(loss=" ".join(f"{log.losses[-1]:.4f}" for log in logs))
+        bar.set_postfix(loss=" ".join(f"{log.losses[-1]:.4f}" for log in logs if log.losses))
         bar.update()
     bar.close()
     seconds = time.perf_counter() - start
     results = []
-    for student, spec, log in zip(students, student_specs, logs):
-        log.epochs = epochs
+    for student, spec, log, count in zip(students, student_specs, logs, per_student):
+        log.epochs = count
         log.seconds = seconds
         student.eval()
         log.heldout["after"] = heldout_cosine(student, spec)
