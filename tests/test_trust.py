@@ -345,6 +345,25 @@ def test_a_toolchain_crash_inside_a_step_is_exit_3_naming_the_step(monkeypatch, 
     assert not (tmp_path / "tiny_vit" / "server").exists()
 
 
+def test_a_litert_failure_says_what_its_log_says(monkeypatch, tmp_path, capsys):
+    """litert-torch reports MLIR errors on stderr (captured into its log), not in the exception, and a
+    failed run's folder is not kept: the one line must carry the log's error itself."""
+    litert_torch = pytest.importorskip("litert_torch")
+
+    def fail(*args, **kwargs):
+        os.write(2, b"loc(fused[mul]): error: 'tfl.mul' op operands don't have broadcast-compatible shapes\n")
+        os.write(2, b"note: see current operation\n")
+        raise RuntimeError("Failed to legalize the module")
+
+    monkeypatch.setattr(litert_torch, "convert", fail)
+    code, _, err = run(capsys, "convert", "--model", "tiny_vit", "--target", "tflite", "--out", tmp_path, "-q")
+    assert code == EXIT_CONVERSION_FAILED
+    line = next(line for line in err.splitlines() if line.startswith("zoo: error:"))
+    assert "RuntimeError: Failed to legalize the module; its log: " in line
+    assert "'tfl.mul' op operands don't have broadcast-compatible shapes" in line
+    assert "--traceback" in err and "litert.log" not in err
+
+
 def test_an_artifact_its_runtime_cannot_run_is_exit_3_naming_it(monkeypatch, tmp_path, capsys):
     from zoo.runtimes import onnxruntime
 

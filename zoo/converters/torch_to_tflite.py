@@ -243,11 +243,27 @@ def convert_fp32(ctx: ConvertContext, out: Path, program=None) -> None:
                 edge.export(str(path))
                 path.replace(out)
     except Exception as exc:
+        first = (str(exc).splitlines() or [""])[0][:300]
+        said = last_error_line(log)
         raise ConversionError(
-            f"torch → TFLite (litert-torch) failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
-            hint=f"the converter's log: {log.name} in the output folder",
+            f"torch → TFLite (litert-torch) failed: {type(exc).__name__}: {first}"
+            + (f"; its log: {said}" if said and said not in first else ""),
+            # a failed run's folder is not kept, so the log's last error line is in the message itself
+            hint="run with --traceback for the whole traceback",
         ) from exc
     finish(ctx, out, "fp32")
+
+
+def last_error_line(log: Path) -> str:
+    """The last line of the converter's log that reports an error (MLIR's diagnostics, such as
+    "'tfl.mul' op operands don't have broadcast-compatible shapes", land there, not in the exception),
+    else its last line; "" without a log."""
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or [""])[-1][:300]
     log.unlink(missing_ok=True)
 
 
