@@ -252,6 +252,7 @@ def convert_fp32(ctx: ConvertContext, out: Path, program=None) -> None:
             hint="run with --traceback for the whole traceback",
         ) from exc
     finish(ctx, out, "fp32")
+    log.unlink(missing_ok=True)
 
 
 def last_error_line(log: Path) -> str:
@@ -264,7 +265,6 @@ def last_error_line(log: Path) -> str:
         return ""
     errors = [line for line in lines if "error" in line.lower()]
     return (errors or lines or [""])[-1][:300]
-    log.unlink(missing_ok=True)
 
 
 def finish(ctx: ConvertContext, out: Path, precision: str, extra: dict[str, str] | None = None) -> None:
