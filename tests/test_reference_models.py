@@ -105,6 +105,27 @@ def test_reference_dog_embedder_meets_the_dog_identity_profile(registry, tmp_pat
     assert not outcome.report.failed
 
 
+def test_reference_build_retrains_all_five(registry, tmp_path, monkeypatch):
+    """`zoo reference build` retrains the teacher, the three students and ref_dog (recipes cut to one
+    epoch of a few views here), each with a checkpoint, a model card and a registry entry."""
+    from zoo import distillation
+
+    for recipe in (distillation.TEACHER_RECIPE, distillation.DOG_RECIPE):
+        monkeypatch.setitem(recipe, "epochs", 1)
+        monkeypatch.setitem(recipe, "views_per_identity", 2)
+    monkeypatch.setitem(distillation.STUDENT_RECIPE, "epochs", 1)
+    monkeypatch.setitem(distillation.STUDENT_RECIPE, "views_per_image", 2)
+    monkeypatch.setitem(distillation.STUDENT_RECIPE, "negative_views", 1)
+    monkeypatch.setattr(distillation, "STUDENT_EPOCHS", {})
+    results = distillation.build_reference(tmp_path, registry, show_progress=False)
+    names = [r.spec.name for r in results]
+    assert names == [REFERENCE_TEACHER, *REFERENCE_STUDENTS, REFERENCE_DOG]
+    written = (tmp_path / "registry.toml").read_text()
+    for name in names:
+        assert (tmp_path / f"{name}.safetensors").is_file() and (tmp_path / f"{name}.json").is_file()
+        assert f"[models.{name}]" in written
+
+
 def test_untrained_student_fails_teacher_parity_with_exit_1(write_registry, tmp_path, capsys):
     untrained = write_registry(
         """

@@ -270,13 +270,14 @@ def distill_reference_students(
 
 
 def build_reference(out_dir: Path, registry: Registry, *, show_progress: bool = True) -> list[TrainedModel]:
-    """Retrain the reference teacher (ArcFace) and distil the reference students into `out_dir`,
-    writing `out_dir/registry.toml`. Compare with the shipped weights via compare_with_shipped()."""
+    """Retrain the reference teacher (ArcFace), distil the reference students and retrain ref_dog into
+    `out_dir`, writing `out_dir/registry.toml`. Compare with the shipped weights via compare_with_shipped()."""
     teacher = train_reference_teacher(out_dir, registry, show_progress=show_progress)
     students = distill_reference_students(
         REFERENCE_STUDENTS, teacher.spec, out_dir, registry, show_progress=show_progress
     )
-    return [teacher, *students]
+    dog = train_reference_embedder(REFERENCE_DOG, DOG_RECIPE, out_dir, registry, show_progress=show_progress)
+    return [teacher, *students, dog]
 
 
 def max_weight_diff(a: dict, b: dict) -> float | None:
