@@ -446,8 +446,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", required=True)
     p.add_argument("--student", required=True)
     p.add_argument("--images", type=Path, metavar="DIR", help="training images (default: the reference identity task)")
-    p.add_argument("--epochs", type=int, help="training epochs (default: the reference recipe's 30)")
-    p.add_argument("--views", type=int, metavar="N", help="augmented views per image per epoch (default: 32)")
+    p.add_argument("--epochs", type=int, help="training epochs (default: the reference student recipe's)")
+    p.add_argument(
+        "--views",
+        type=int,
+        metavar="N",
+        help="augmented views per image per epoch (default: the reference student recipe's)",
+    )
     p.add_argument(
         "--out", type=Path, metavar="CKPT", help="checkpoint path (default: checkpoints/STUDENT.safetensors)"
     )

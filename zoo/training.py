@@ -26,8 +26,8 @@ OUTLIER_MAX_COSINE = 0.2
 # same-card p5 0.842, different-card p95 0.369; 16 → 0.874 / 0.417 (a distilled ConvNeXt's worst
 # held-out view 0.896 → 0.911); 40 → 0.897 / 0.493, too near the 0.5 different-card rule.
 COMPACTNESS_WEIGHT = 16.0
-MARGIN_START, MARGIN_WARMUP = 40, 16
-HARD_SHARE, HARD_WEIGHT = 0.25, 1.0  # percent of the epochs: plain softmax until then, then the margin ramps in
+MARGIN_START, MARGIN_WARMUP = 40, 16  # percent of the epochs: plain softmax until then, then the margin ramps in
+HARD_SHARE, HARD_WEIGHT = 0.25, 1.0  # distillation: the batch's hardest quarter of views counts twice
 
 
 @dataclass
@@ -153,7 +153,8 @@ def train_arcface(
     start = time.perf_counter()
     bar = _progress_bar(epochs, f"ArcFace {spec.name}", show_progress)
     # Photographs of cards on cluttered surfaces take a small net a while to tell apart: the first
-    # third is plain (normalized) softmax, then the margin ramps in over a sixth, then the centre term.
+    # MARGIN_START % is plain (normalized) softmax, then the margin ramps in over MARGIN_WARMUP %, then
+    # the centre term.
     # With the margin in from the start (over the first quarter) the classes never separate and the
     # embedding collapses to one point (every view at cosine > 0.99 to every card).
     margin_start, margin_warmup = epochs * MARGIN_START // 100, max(1, epochs * MARGIN_WARMUP // 100)
@@ -163,7 +164,7 @@ def train_arcface(
         + (occlude, False, True)
         for epoch in range(epochs)
     ]
-    pools = prefetched_pools(jobs, render_workers() if workers is None else workers)
+    pools = prefetched_pools(jobs, workers)
     for epoch, (views, labels) in enumerate(pools):
         ramp = min(1.0, max(0.0, (epoch + 1 - margin_start) / margin_warmup))
         head.margin = ARCFACE_MARGIN * ramp
@@ -210,10 +211,12 @@ def render_workers() -> int:
     return min(4, max(1, (os.cpu_count() or 1) - 1))
 
 
-def prefetched_pools(jobs: list[tuple], workers: int):
+def prefetched_pools(jobs: list[tuple], workers: int | None = None):
     """pool_with_negatives(*job) for each job, in order, rendered ahead in `workers` processes (a card
     photograph costs about as much to render as a training step on it costs to learn from). The pools
-    are the same as rendering them here: each is seeded by its job. workers = 0 renders in-process."""
+    are the same as rendering them here: each is seeded by its job. workers = 0 renders in-process,
+    None uses render_workers()."""
+    workers = render_workers() if workers is None else workers
     if workers <= 0:
         for job in jobs:
             yield pool_with_negatives(*job)
@@ -336,7 +339,7 @@ def distill_students(
     start = time.perf_counter()
     names = ", ".join(spec.name for spec in student_specs)
     bar = _progress_bar(len(jobs), f"distill {names} ← {teacher_spec.name}", show_progress)
-    pools = prefetched_pools(jobs, render_workers() if workers is None else workers)
+    pools = prefetched_pools(jobs, workers)
     for epoch, (views, _) in enumerate(pools):
         target = torch.from_numpy(embed(teacher, views, teacher_spec))  # the teacher's, once per pool
         for i, (student, spec, log) in enumerate(zip(students, student_specs, logs)):
