@@ -71,10 +71,21 @@ def detector_onnx(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def immich_pkg(outputs, detector_onnx, tmp_path_factory):
+def immich_outputs(tmp_path_factory):
+    return converted_outputs(tmp_path_factory, pairs=(("tiny_dog", "server"),))
+
+
+@pytest.fixture(scope="module")
+def immich_pkg(immich_outputs, detector_onnx, tmp_path_factory):
     dist = tmp_path_factory.mktemp("dist-immich")
     return build_package(
-        consumer="immich", version="2.1.0", outputs=outputs, out=dist, detector=detector_onnx, allow_untrained=True
+        consumer="immich",
+        version="2.1.0",
+        outputs=immich_outputs,
+        models=["tiny_dog"],
+        out=dist,
+        detector=detector_onnx,
+        allow_untrained=True,
     )
 
 
@@ -255,40 +266,35 @@ def test_android_gradle_snippets(android_pkg):
     assert 'findProperty("zooPackageSha256")' in template and not re.search(r"[0-9a-f]{64}", template)
 
 
-def test_immich_layout(immich_pkg, outputs, detector_onnx):
+def test_immich_layout(immich_pkg, immich_outputs, detector_onnx):
     pkg = immich_pkg.directory
-    base = "facial-recognition/tiny_vit"
+    base = "facial-recognition/tiny_dog"
     assert {f for f in _files(pkg) if f.startswith("facial-recognition/")} == {
         f"{base}/README.md",
         f"{base}/detection/model.onnx",
         f"{base}/recognition/model.onnx",
-        f"{base}/recognition/preprocess_cfg.json",
-    }
+    }  # no preprocess_cfg.json: Immich never reads one for faces, so the card states the contract instead
     assert (pkg / base / "recognition/model.onnx").read_bytes() == (
-        outputs / "tiny_vit/android/model.onnx"
+        immich_outputs / "tiny_dog/server/model.onnx"
     ).read_bytes()
     assert (pkg / base / "detection/model.onnx").read_bytes() == detector_onnx.read_bytes()
-
-    cfg = json.loads((pkg / base / "recognition/preprocess_cfg.json").read_text())
-    assert cfg["size"] == [64, 64] and cfg["mean"] == list(IMAGENET_MEAN) and cfg["std"] == list(IMAGENET_STD)
-    assert (cfg["interpolation"], cfg["resize_mode"], cfg["mode"]) == ("bicubic", "shortest", "RGB")
-    assert cfg["zoo"]["embedding_dim"] == 32 and cfg["zoo"]["l2_normalized"] is True
 
     text = (pkg / base / "README.md").read_text()
     assert text.startswith("---\n")
     front = yaml.safe_load(text.split("---\n")[1])
     assert {"immich", "facial-recognition", "untrained-weights"} <= set(front["tags"])
     assert front["model_types"] == ["recognition", "detection"]
-    assert (front["embedding_dim"], front["embedding_space"], front["l2_normalized"]) == (32, "tiny-32", True)
-    assert "UNTRAINED WEIGHTS" in text
+    assert (front["embedding_dim"], front["embedding_space"], front["l2_normalized"]) == (512, "tiny-dogs-512", True)
+    assert (front["input_mean"], front["input_std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert "UNTRAINED WEIGHTS" in text and "127.5" in text and "buffalo_l" in text
 
     m = json.loads((pkg / "manifest.json").read_text())
     detector, embedder = m["models"]
-    assert (detector["name"], detector["role"]) == ("tiny_vit-detector", "detector")
+    assert (detector["name"], detector["role"]) == ("tiny_dog-detector", "detector")
     assert detector["artifacts"][0]["path"] == f"{base}/detection/model.onnx"
     assert detector["artifacts"][0]["sha256"] == sha256_file(detector_onnx)
     assert detector["validation"]["verdict"] == "not validated by zoo"
-    assert embedder["role"] == "embedder" and embedder["depends_on"] == ["tiny_vit-detector"]
+    assert embedder["role"] == "embedder" and embedder["depends_on"] == ["tiny_dog-detector"]
     assert [a["path"] for a in embedder["artifacts"]] == [f"{base}/recognition/model.onnx"]
     assert m["layout"]["immich_task"] == "facial-recognition"
     assert _sha256sum_check(pkg, "SHA256SUMS").returncode == 0
@@ -548,3 +554,16 @@ def test_pull_unknown_version_names_the_known_ones(android_pkg, tmp_path):
     with pytest.raises(StoreError, match="not in the store") as info:
         pull("tiny_vit-android:9.9.9", str(store), tmp_path / "dest")
     assert "1.0.0" in info.value.hint and not (tmp_path / "dest").exists()
+
+
+def test_immich_refuses_a_model_immich_would_break(outputs, tmp_path):
+    """tiny_vit on android: 32-d and a static batch axis; Immich's column is vector(512) and it rewrites
+    any model whose batch axis is not named `batch`."""
+    with pytest.raises(UsageError) as err:
+        build_package(
+            consumer="immich", version="1.0.0", outputs=outputs, models=["tiny_vit"], out=tmp_path, allow_untrained=True
+        )
+    text = str(err.value)
+    assert "breaks Immich's rule(s)" in text and "512-d embedding" in text and "gives 32-d" in text
+    assert "batch axis named 'batch'" in text and "one output" not in text
+    assert not list(tmp_path.iterdir())

@@ -69,7 +69,8 @@ def cmd_show(*, model: str, registry: list[Path]) -> int:
 
 def cmd_convert(
     *,
-    model: str,
+    model: str | None,
+    pipeline: str | None,
     target: str,
     out: Path,
     validate: bool,
@@ -80,6 +81,20 @@ def cmd_convert(
     registry: list[Path],
     quiet: bool,
 ) -> int:
+    if pipeline:
+        from zoo.detection.convert import convert_pipeline
+
+        outcome = convert_pipeline(
+            pipeline,
+            target,
+            out_root=out,
+            registry_paths=registry,
+            latency_runs=latency_runs,
+            progress=Progress(enabled=not quiet),
+        )
+        print(outcome.report.to_terminal())
+        print(f"pipeline stages, manifest and report: {outcome.out_dir}")
+        return EXIT_CHECK_FAILED if outcome.report.failed else EXIT_OK
     from zoo.pipeline import convert
     from zoo.registry import load_registry
 
@@ -158,13 +173,28 @@ def cmd_distill(
 def cmd_reference(*, action: str, directory: Path | None, out: Path, registry: list[Path], quiet: bool) -> int:
     if action == "build":
         return cmd_reference_build(out=out, registry=registry, quiet=quiet)
+    if action == "export-scenes" and directory is not None:
+        from zoo.detection.scenes import export_scenes
+
+        count = export_scenes(directory)
+        print(f"{count} seeded card scenes and labels.json: {directory}")
+        print(f"run a pipeline on them: zoo pipeline run PACKAGE {directory}")
+        return EXIT_OK
+    if action == "build-pipeline":
+        from zoo.detection.build import build_pipeline_stages
+
+        written = build_pipeline_stages(out, progress=Progress(enabled=not quiet))
+        for stage, path in written.items():
+            from zoo.checkpoints import sha256_file
+
+            print(f"{stage}: {path} sha256 {sha256_file(path)}")
+        print("register them: onnx = { path = ..., sha256 = ... } in [pipelines.ref_dogs.detector] / .keypoints")
+        return EXIT_OK
     from zoo.errors import UsageError
     from zoo.evalset import export_reference_evaluation_set, load_evaluation_set
 
     if directory is None:
-        raise UsageError(
-            "zoo reference export-eval needs the folder to write into", hint="zoo reference export-eval DIR"
-        )
+        raise UsageError(f"zoo reference {action} needs the folder to write into", hint=f"zoo reference {action} DIR")
     counts = export_reference_evaluation_set(directory)
     written = load_evaluation_set(directory)
     print(", ".join(f"{n} {what}" for what, n in counts.items()))
@@ -226,6 +256,7 @@ def cmd_package(
     out: Path,
     name: str | None,
     detector: Path | None,
+    pipeline: str | None,
     allow_untrained: bool,
     golden: int,
     download_url: str | None,
@@ -242,6 +273,7 @@ def cmd_package(
         out=out,
         name=name,
         detector=detector,
+        pipeline=pipeline,
         allow_untrained=allow_untrained,
         golden_count=golden,
         download_url=download_url,
@@ -320,6 +352,43 @@ def cmd_matrix(
     return EXIT_CHECK_FAILED if matrix.should_fail(fail_on) else EXIT_OK
 
 
+def cmd_serve(*, package: Path, host: str, port: int, upstream: str | None, max_upload_mb: int) -> int:
+    from zoo.serve import serve
+
+    serve(package, host=host, port=port, upstream=upstream, max_upload_mb=max_upload_mb)
+    return EXIT_OK
+
+
+def cmd_pipeline_run(*, package: Path, images: Path, html: Path | None, queries: int, quiet: bool) -> int:
+    from zoo.detection.inspect import run_on_folder
+
+    result = run_on_folder(package, images, html=html, queries=queries, progress=Progress(enabled=not quiet))
+    print(result.text)
+    print(f"page: {result.page}")
+    return EXIT_OK
+
+
+def _add_serving_parsers(sub, common: argparse.ArgumentParser) -> None:
+    """`zoo serve` and `zoo pipeline run`."""
+    p = sub.add_parser("serve", parents=[common], help="serve a pipeline package over Immich's ML protocol (/predict)")
+    p.set_defaults(handler=cmd_serve)
+    p.add_argument("package", type=Path, help="a package folder from `zoo package --pipeline`, or a pipeline output")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3003, help="default: 3003, Immich's ML port")
+    p.add_argument("--upstream", metavar="URL", help="Immich's own ML service, for the tasks zoo does not serve (CLIP)")
+    p.add_argument("--max-upload-mb", type=int, default=32, metavar="MB", help="largest request body (default: 32)")
+
+    p = sub.add_parser("pipeline", parents=[common], help="run a pipeline package on a folder of photos")
+    p.set_defaults(handler=cmd_pipeline_run)
+    p.add_argument("action", choices=["run"])
+    p.add_argument("package", type=Path, help="a package folder, or a `zoo convert --pipeline` output")
+    p.add_argument("images", type=Path, help="a folder of photos")
+    p.add_argument(
+        "--html", type=Path, metavar="FILE", help="the page (default: IMAGES_DIR-pipeline.html beside the folder)"
+    )
+    p.add_argument("--queries", type=int, default=3, metavar="N", help="detections whose nearest neighbours are listed")
+
+
 def _add_packaging_parsers(sub, common: argparse.ArgumentParser) -> None:
     """`zoo package`, `verify`, `publish`, `pull` and `matrix`."""
     store_help = (
@@ -337,6 +406,9 @@ def _add_packaging_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("dist"), help="where the package goes (default: dist/)")
     p.add_argument("--name", help="package name (default: <models>-<consumer>)")
     p.add_argument("--detector", type=Path, metavar="ONNX", help="immich: a detector ONNX for detection/model.onnx")
+    p.add_argument(
+        "--pipeline", metavar="NAME", help="immich: a `zoo convert --pipeline NAME` output (its three stages)"
+    )
     p.add_argument("--allow-untrained", action="store_true", help="package untrained weights (flagged loudly)")
     p.add_argument("--golden", type=int, default=3, metavar="N", help="golden inputs per model (default: 3)")
     p.add_argument("--download-url", metavar="URL", help="android: the archive's URL, for the pinned Gradle snippet")
@@ -428,9 +500,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_show)
     p.add_argument("model")
 
-    p = sub.add_parser("convert", parents=[common], help="convert a model for a target, validate, report")
+    p = sub.add_parser(
+        "convert", parents=[common], help="convert a model (or a pipeline) for a target, validate, report"
+    )
     p.set_defaults(handler=cmd_convert)
-    p.add_argument("--model", required=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model")
+    which.add_argument(
+        "--pipeline", help="a registered detector → keypoints → embedder pipeline (targets server, android)"
+    )
     p.add_argument("--target", required=True)
     p.add_argument("--out", type=Path, default=Path("out"), help="output root (default: out/)")
     p.add_argument("--no-validate", dest="validate", action="store_false", help="convert only")
@@ -467,8 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reference", parents=[common], help="the reference models and their evaluation set")
     p.set_defaults(handler=cmd_reference)
-    p.add_argument("action", choices=["build", "export-eval"])
-    p.add_argument("directory", type=Path, nargs="?", help="export-eval: the folder to write the set into")
+    p.add_argument("action", choices=["build", "build-pipeline", "export-eval", "export-scenes"])
+    p.add_argument("directory", type=Path, nargs="?", help="export-eval / export-scenes: the folder to write into")
     p.add_argument("--out", type=Path, default=Path("build/reference"), help="build: where rebuilt checkpoints go")
 
     p = sub.add_parser("hailo", parents=[common], help="Hailo-8L: compile a bundle (DFC host), pre-flight an ONNX")
@@ -482,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-runs", type=int, default=30)
     _add_eval_option(p, default_help="the set the manifest records")
     _add_packaging_parsers(sub, common)
+    _add_serving_parsers(sub, common)
     return parser
 
 

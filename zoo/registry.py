@@ -98,7 +98,7 @@ class ModelSpec:
 
 NAME_CHARS = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a folder name, and a bare TOML key
 SHA256 = re.compile(r"[0-9a-fA-F]{64}")
-TOP_LEVEL_KEYS = ("models", "targets", "profiles")  # targets and profiles are read by zoo.targets / zoo.profiles
+TOP_LEVEL_KEYS = ("models", "targets", "profiles", "pipelines")  # read by zoo.targets, zoo.profiles, zoo.detection.spec
 
 
 def _is_int(v) -> bool:
@@ -296,7 +296,9 @@ class Registry:
         unknown = sorted(set(data) - set(TOP_LEVEL_KEYS))
         if unknown:
             problems.append(f"registry file {path}: unknown top-level key(s) {', '.join(unknown)}")
-            hints.append("a registry file holds [models.NAME], [targets.NAME] and [profiles.NAME] tables")
+            hints.append(
+                "a registry file holds [models.NAME], [targets.NAME], [profiles.NAME] and [pipelines.NAME] tables"
+            )
         models = data.get("models", {})
         if not isinstance(models, dict):
             problems.append(
@@ -496,7 +498,7 @@ def upsert_registry_file(path: Path, spec: ModelSpec, *, override: bool = False)
                 tables[name] = spec_to_toml(
                     spec_from_dict(name, table, path), override=bool(table.get("override")), relative_to=path.parent
                 )
-        for kind in ("targets", "profiles"):
+        for kind in ("targets", "profiles", "pipelines"):
             for name, table in current.get(kind, {}).items():
                 if not isinstance(table, dict):
                     raise UsageError(f"registry file {path}: {kind}.{name} is not a [{kind}.{name}] table")

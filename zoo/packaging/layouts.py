@@ -2,7 +2,7 @@
 
 | consumer | takes from targets | artifacts | layout |
 |---|---|---|---|
-| immich | server, else android | the model's ONNX | `facial-recognition/<model>/recognition/model.onnx` (+ `detection/model.onnx` with --detector), `preprocess_cfg.json`, a model card `README.md` with YAML front matter |
+| immich | server, else android | the model's ONNX (512-d, batch axis `batch`, one output), or a pipeline's three stages | `facial-recognition/<model or pipeline>/recognition/model.onnx` (+ `detection/model.onnx` with --detector or a pipeline, `keypoints/model.onnx` and `pipeline.json` for a pipeline), a model card `README.md` with YAML front matter stating the input contract |
 | ios | ios | `.mlpackage` / `.mlmodel` | a Swift package: `Package.swift`, `Sources/<Name>/Resources/<model>.mlpackage` + `<model>.json`, `Sources/<Name>/<Name>.swift` |
 | android | android, tflite | `.onnx`, `.ort`, `.tflite`, `required_operators.config` | `assets/<model>/…` + `model.json`, and a Gradle (Kotlin DSL) snippet that downloads the archive and checks its sha256 |
 
@@ -116,6 +116,31 @@ def app_metadata(ctx: PackageContext, model: dict, base: str) -> str:
     )
 
 
+IMMICH_EMBEDDING_DIM = 512  # Immich's face table column is vector(512)
+
+
+def immich_rule_violations(path, embedding_dim: int) -> list[str]:
+    """Immich's rules for a recognition model, from its service's code: a 512-d embedding, a first
+    input whose batch axis is named `batch` (else Immich rewrites the file in place), one output."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    init = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in init]
+    problems = []
+    if embedding_dim != IMMICH_EMBEDDING_DIM:
+        problems.append(f"512-d embedding (Immich's face column is vector(512)): this model gives {embedding_dim}-d")
+    first = inputs[0].type.tensor_type.shape.dim[0] if inputs and inputs[0].type.tensor_type.shape.dim else None
+    if first is None or first.dim_param != "batch":
+        shown = "none" if first is None else (first.dim_param or first.dim_value)
+        problems.append(
+            f"a batch axis named 'batch' on the first input (Immich rewrites any other model in place): it is {shown!r}"
+        )
+    if len(model.graph.output) != 1:
+        problems.append(f"one output: the model has {len(model.graph.output)}")
+    return problems
+
+
 class ImmichLayout:
     consumer = "immich"
     targets = ("server", "android")
@@ -123,6 +148,10 @@ class ImmichLayout:
 
     def __init__(self, name: str):
         self.name = name
+        self.folders: dict[str, str] = {}  # model → its folder under facial-recognition/ (a pipeline's name)
+
+    def folder(self, model: str) -> str:
+        return self.folders.get(model, model)
 
     def select(self, sources: list[SourceDir]) -> list[SourceDir]:
         return sources[:1]  # one embedding ONNX per model: the first target found, in preference order
@@ -131,44 +160,30 @@ class ImmichLayout:
         onnx = [a for a in source.artifacts if a.get("format") == "onnx" and a.get("runnable", True)]
         if not onnx:
             raise UsageError(f"{source.path} has no runnable .onnx artifact for Immich")
-        return [Placement(f"{IMMICH_TASK}/{source.model}/recognition/model.onnx", source, onnx[0])]
+        problems = immich_rule_violations(source.path / onnx[0]["path"], source.spec().embedding_dim)
+        if problems:
+            raise UsageError(
+                f"{source.model} ({source.target}) breaks Immich's rule(s): " + "; ".join(problems),
+                hint="Immich takes a 512-d model with a dynamic batch axis: register embedding_dim = 512 and "
+                "convert it for --target server",
+            )
+        return [Placement(f"{IMMICH_TASK}/{self.folder(source.model)}/recognition/model.onnx", source, onnx[0])]
 
     def detector_path(self, model: str) -> str:
-        return f"{IMMICH_TASK}/{model}/detection/model.onnx"
+        return f"{IMMICH_TASK}/{self.folder(model)}/detection/model.onnx"
 
     def support_files(self, ctx: PackageContext) -> dict[str, str]:
         files = {}
         for model in _embedders(ctx):
-            base = f"{IMMICH_TASK}/{model['name']}"
+            folder = self.folder(model["name"])
+            base = f"{IMMICH_TASK}/{folder}"
             inp, emb = model["input"], model["embedding"]
-            files[f"{base}/recognition/preprocess_cfg.json"] = (
-                json.dumps(
-                    {
-                        "size": [inp["size"], inp["size"]],
-                        "mode": "RGB",
-                        "mean": inp["mean"],
-                        "std": inp["std"],
-                        "interpolation": "bicubic",
-                        "resize_mode": "shortest",
-                        "fill_color": 0,
-                        "zoo": {
-                            "layout": inp["layout"],
-                            "dtype": inp["dtype"],
-                            "embedding_dim": emb["dim"],
-                            "embedding_space": emb["space"],
-                            "l2_normalized": emb["l2_normalized"],
-                            "metric": emb["metric"],
-                            "weights": model["weights"],
-                        },
-                    },
-                    indent=2,
-                )
-                + "\n"
-            )
-            detector = next((m for m in ctx.models if m["name"] in model["depends_on"]), None)
-            tags = ["immich", IMMICH_TASK, "zoo", "embedding"]
+            stages = [m for m in ctx.models if m["name"] in model["depends_on"]]
+            pipeline = model.get("pipeline")
+            tags = ["immich", IMMICH_TASK, "zoo", "embedding"] + (["pipeline"] if pipeline else [])
             if model["untrained_weights"]:
                 tags.append("untrained-weights")
+            types = ["recognition"] + ["detection" if m["role"] == "detector" else m["role"] for m in stages]
             card = front_matter(
                 {
                     "library_name": "zoo",
@@ -176,14 +191,19 @@ class ImmichLayout:
                     "tags": tags,
                     "zoo_package": ctx.name,
                     "zoo_package_version": ctx.version,
-                    "model_name": model["name"],
+                    "model_name": folder,
+                    "embedder": model["name"],
                     "immich_task": IMMICH_TASK,
-                    "model_types": ["recognition", "detection"] if detector else ["recognition"],
+                    "model_types": types,
                     "embedding_dim": emb["dim"],
                     "embedding_space": emb["space"],
                     "l2_normalized": emb["l2_normalized"],
                     "metric": emb["metric"],
                     "input_size": inp["size"],
+                    "input_contract": "zoo: RGB, shorter side to input_size (bicubic), central crop, /255, "
+                    "(x - mean) / std, NCHW float32",
+                    "input_mean": inp["mean"],
+                    "input_std": inp["std"],
                     "weights": model["weights"],
                 }
             )
@@ -193,26 +213,44 @@ class ImmichLayout:
                 if model["untrained_weights"]
                 else ""
             )
-            detection = (
-                f"- `detection/model.onnx`: the detector `{detector['name']}` (supplied as an ONNX file; "
-                "zoo hashed it but did not validate it)\n"
-                if detector
-                else "- no detector in this package (build it with `--detector PATH` to add `detection/model.onnx`)\n"
+            lines = [
+                f"- `recognition/model.onnx`: {emb['dim']}-d embedding, space `{emb['space']}`, "
+                + ("L2-normalized in the model" if emb["l2_normalized"] else "L2-normalize on the host")
+                + f", compare with {emb['metric']}; batch axis `batch`, one output (Immich's rules). "
+                f"Input: RGB, shorter side to {inp['size']} px (bicubic), central crop, /255, mean {inp['mean']}, "
+                f"std {inp['std']}, NCHW float32."
+            ]
+            for m in stages:
+                rel = str(PurePosixPath(m["artifacts"][0]["path"]).relative_to(base))
+                how = (
+                    "checked by the pipeline's stage checks (see `pipeline-report.json`)"
+                    if isinstance(m["validation"], dict) and m["validation"].get("checks")
+                    else "supplied as an ONNX file; zoo hashed it but did not validate it"
+                )
+                lines.append(f"- `{rel}`: {m['role']} `{m['name']}`, {how}")
+            if pipeline:
+                lines.append(
+                    "- `pipeline.json`: the stages' input contracts (letterbox, crop, colour, scale, mean/std), "
+                    "the YOLO output decoding and the crop rules"
+                )
+            how_to_use = (
+                f"Serve it with `zoo serve <package>` (Immich's ML protocol: `POST /predict`, port 3003) and point "
+                "Immich's server at that URL in Administration → Settings → Machine Learning → URL; any face "
+                f"model name there runs `{folder}`. "
+                if pipeline
+                else "Serve it from a service in front of Immich's ML service that speaks `/predict` and applies "
+                "this model's preprocessing. "
             )
             files[f"{base}/README.md"] = (
                 card
-                + f"\n# {model['name']} for Immich\n{warning}\n"
-                + f"Package `{ctx.name}` {ctx.version}, built by zoo. Copy this folder to "
-                f"`<immich model cache>/{IMMICH_TASK}/{model['name']}/` (or merge the package's "
-                f"`{IMMICH_TASK}/` folder into the cache), or serve it from a service in front of Immich's "
-                "ML service that speaks `/predict`.\n\n"
-                + f"- `recognition/model.onnx`: {emb['dim']}-d embedding, space `{emb['space']}`, "
-                + ("L2-normalized in the model" if emb["l2_normalized"] else "L2-normalize on the host")
-                + f", compare with {emb['metric']}\n"
-                + detection
-                + f"- `recognition/preprocess_cfg.json`: RGB, shorter side to {inp['size']} px (bicubic), "
-                f"central crop, /255, mean {inp['mean']}, std {inp['std']}, NCHW float32\n\n"
-                "Check the files with `sha256sum -c SHA256SUMS` at the package root, and the model with "
+                + f"\n# {folder} for Immich\n{warning}\n"
+                + f"Package `{ctx.name}` {ctx.version}, built by zoo. {how_to_use}"
+                "Immich's stock face code does not load this folder as it is: it accepts only the model names "
+                "antelopev2 / buffalo_s / buffalo_m / buffalo_l, always runs an insightface detector, and feeds "
+                "recognition 112-px landmark-aligned crops scaled (x − 127.5) / 127.5, not this model's "
+                "preprocessing (it never reads a preprocessing file for faces).\n\n"
+                + "\n".join(lines)
+                + "\n\nCheck the files with `sha256sum -c SHA256SUMS` at the package root, and the models with "
                 "`zoo verify <package>` (golden inputs and expected outputs are in `golden/`).\n"
             )
         return files

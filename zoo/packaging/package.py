@@ -31,8 +31,8 @@ from zoo.errors import UsageError
 from zoo.outputs import file_entry, staged_directory, write_manifest
 from zoo.packaging import golden as golden_mod
 from zoo.packaging.archive import write_archive, write_sha256_sidecar, write_sha256sums
-from zoo.packaging.errors import IntegrityError
-from zoo.packaging.layouts import Layout, PackageContext, Placement, get_layout, gradle_snippet
+from zoo.packaging.errors import IntegrityError, PackageRefused
+from zoo.packaging.layouts import IMMICH_TASK, Layout, PackageContext, Placement, get_layout, gradle_snippet
 from zoo.packaging.sources import SourceDir, find_sources, gate
 from zoo.progress import QUIET, Progress
 
@@ -89,18 +89,28 @@ def build_package(
     out: Path = Path("dist"),
     name: str | None = None,
     detector: Path | None = None,
+    pipeline: str | None = None,
     allow_untrained: bool = False,
     golden_count: int = 3,
     download_url: str | None = None,
     progress: Progress = QUIET,
 ) -> PackageOutcome:
-    """Build the package folder, its archive and sidecars; refuse anything that did not pass."""
+    """Build the package folder, its archive and sidecars; refuse anything that did not pass.
+    `pipeline`: an immich package of a `zoo convert --pipeline` output (its stages, and its embedder's
+    validated output directory)."""
     probe = get_layout(consumer, "probe")
     targets = tuple(targets) or probe.targets
-    sources_by_model = find_sources(Path(outputs), targets, models)
-    name = name or default_name(consumer, list(sources_by_model))
+    staged = None
+    if pipeline:
+        staged = find_pipeline_source(Path(outputs), pipeline, targets, consumer, models, detector)
+        sources_by_model = {staged.embedder.model: [staged.embedder]}
+    else:
+        sources_by_model = find_sources(Path(outputs), targets, models)
+    name = name or default_name(consumer, [pipeline] if pipeline else list(sources_by_model))
     check_name_version(name, version)
     layout = get_layout(consumer, name)
+    if staged:
+        layout.folders[staged.embedder.model] = pipeline
     if detector is not None:
         if not layout.takes_detector:
             raise UsageError(f"--detector is for --consumer immich, not {consumer}")
@@ -124,6 +134,7 @@ def build_package(
             for p in placements:
                 _copy_verified(p, work)
         detector_entry = _place_detector(layout, work, detector, next(iter(selected))) if detector else None
+        stage_entries = _place_stages(staged, work) if staged else []
         with progress.step("golden inputs and the source model's expected outputs"):
             model_entries = [
                 _model_entry(model, sources, [p for p in placements if p.source.model == model], work, golden_count)
@@ -132,6 +143,20 @@ def build_package(
         if detector_entry:
             model_entries[0]["depends_on"] = [detector_entry["name"]]
             model_entries.insert(0, detector_entry)
+        if stage_entries:
+            from zoo.detection.golden import write_pipeline_golden
+
+            with progress.step("golden scenes through the pipeline's reference path"):
+                min_cos = float(staged.embedder.manifest["target"]["min_cosine_vs_source"])
+                write_pipeline_golden(
+                    work / "golden" / f"{pipeline}-pipeline",
+                    work / IMMICH_TASK / pipeline,
+                    staged.embedder.spec(),
+                    min_cos,
+                )
+            model_entries[0]["depends_on"] = [e["name"] for e in stage_entries]
+            model_entries[0]["pipeline"] = pipeline
+            model_entries[:0] = stage_entries
         untrained = [m["name"] for m in model_entries if m.get("untrained_weights")]
         warnings = [
             f"UNTRAINED WEIGHTS: {m} has no trained checkpoint; its embeddings mean nothing. "
@@ -143,6 +168,11 @@ def build_package(
             (work / rel).parent.mkdir(parents=True, exist_ok=True)
             (work / rel).write_text(text)
         manifest = {
+            **(
+                {"pipeline": {"name": pipeline, "manifest": f"{IMMICH_TASK}/{pipeline}/pipeline.json"}}
+                if staged
+                else {}
+            ),
             "schema": SCHEMA,
             "schema_version": SCHEMA_VERSION,
             "name": name,
@@ -208,6 +238,111 @@ def _copy_verified(p: Placement, work: Path) -> None:
         shutil.copyfile(src, dest)
     if file_entry(work, p.dest)["sha256"] != p.entry["sha256"]:
         raise IntegrityError(f"{src} changed while it was being packaged (sha256 differs from its manifest)")
+
+
+@dataclass(frozen=True)
+class PipelineSource:
+    """A `zoo convert --pipeline` output and its embedder's output directory, both passed."""
+
+    path: Path
+    manifest: dict
+    report: dict
+    embedder: SourceDir
+
+
+def find_pipeline_source(outputs: Path, pipeline: str, targets, consumer: str, models, detector) -> PipelineSource:
+    from zoo.detection.runner import read_pipeline_manifest
+    from zoo.packaging.sources import load_source
+
+    if consumer != "immich":
+        raise UsageError(f"--pipeline is for --consumer immich, not {consumer}")
+    if models or detector:
+        raise UsageError("--pipeline brings its own stages: leave out --models and --detector")
+    dirs = [outputs / pipeline / t for t in targets if (outputs / pipeline / t / "pipeline.json").is_file()]
+    if not dirs:
+        raise UsageError(
+            f"pipeline {pipeline!r} has no output under {outputs} for {', '.join(targets)}",
+            hint=f"run `zoo convert --pipeline {pipeline} --target {targets[0]} --out {outputs}` first",
+        )
+    path = dirs[0]
+    manifest = read_pipeline_manifest(path)
+    try:
+        report = json.loads((path / "report.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        raise PackageRefused(
+            f"{path} has no readable report.json; zoo packages only pipelines whose checks passed"
+        ) from None
+    failed = [f"{c.get('name')} = {c.get('value')}" for c in report.get("checks", []) if c.get("status") == "fail"]
+    if failed or not str(report.get("verdict", "")).startswith("pass"):
+        raise PackageRefused(
+            f"{path}: pipeline checks FAILED ({'; '.join(failed[:3]) or report.get('verdict')}); zoo packages only pipelines that passed",
+            hint=f"see {path}/report.md",
+        )
+    for stage, cfg in manifest["stages"].items():
+        if sha256_file(path / cfg["file"]) != cfg["sha256"]:
+            raise IntegrityError(f"{path / cfg['file']} ({stage}) does not match pipeline.json (sha256)")
+    embedder = load_source(outputs / manifest["stages"]["embedder"]["source_output"])
+    if manifest["stages"]["embedder"]["sha256"] not in {a.get("sha256") for a in embedder.artifacts}:
+        raise IntegrityError(
+            f"{path}/recognition/model.onnx is not an artifact of {embedder.path} any more (converted again since?)",
+            hint=f"run `zoo convert --pipeline {pipeline} --target {embedder.target}` again",
+        )
+    return PipelineSource(path, manifest, report, embedder)
+
+
+def _place_stages(staged: PipelineSource, work: Path) -> list[dict]:
+    """The detector and keypoint ONNX, and pipeline.json, beside the recognition model."""
+    base = f"{IMMICH_TASK}/{staged.manifest['name']}"
+    for rel in ("pipeline.json", "report.json"):
+        shutil.copyfile(staged.path / rel, work / base / ("pipeline-report.json" if rel == "report.json" else rel))
+    entries = []
+    for stage, cfg in staged.manifest["stages"].items():
+        if stage == "embedder":
+            continue
+        rel = f"{base}/{cfg['file']}"
+        (work / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(staged.path / cfg["file"], work / rel)
+        entry = file_entry(work, rel)
+        if entry["sha256"] != cfg["sha256"]:
+            raise IntegrityError(f"{staged.path / cfg['file']} changed while it was being packaged")
+        checks = [c for c in staged.report.get("checks", []) if str(c.get("name", "")).startswith(f"{stage}:")]
+        entries.append(
+            {
+                "name": f"{staged.manifest['name']}-{stage}",
+                "role": "detector" if stage == "detector" else "keypoints",
+                "registry_role": None,
+                "teacher": None,
+                "depends_on": [],
+                "description": f"{stage} stage of pipeline {staged.manifest['name']} ({cfg['format']})",
+                "weights": "trained",
+                "untrained_weights": False,
+                "embedding": None,
+                "input": cfg["input"],
+                "checkpoint_sha256": cfg["sha256"],
+                "calibration_sha256": None,
+                "tags": {},
+                "artifacts": [
+                    {
+                        **entry,
+                        "format": "onnx",
+                        "target": staged.manifest["target"],
+                        "runtime": "onnxruntime",
+                        "runnable": False,
+                        "source": f"{staged.manifest['name']}/{staged.manifest['target']}/{cfg['file']}",
+                        "toolchain": {},
+                    }
+                ],
+                "validation": {
+                    "verdict": staged.report.get("verdict"),
+                    "detail": "the pipeline's stage checks (zoo convert --pipeline)",
+                    "checks": [
+                        {k: c.get(k) for k in ("name", "status", "value", "threshold", "fidelity")} for c in checks
+                    ],
+                },
+                "golden": [],
+            }
+        )
+    return entries
 
 
 def _place_detector(layout: Layout, work: Path, detector: Path, model: str) -> dict:
@@ -354,8 +489,13 @@ def _readme(manifest: dict) -> str:
         lines += [f"> **{warning}**", ""]
     lines += ["Built by zoo from output directories whose validation passed.", "", "## Models", ""]
     for m in manifest["models"]:
-        if m["role"] == "detector":
-            lines.append(f"- **{m['name']}** (detector, supplied, not validated by zoo)")
+        if m["role"] in ("detector", "keypoints"):
+            how = (
+                "checked by the pipeline's stage checks"
+                if isinstance(m["validation"].get("checks"), list)
+                else "supplied, not validated by zoo"
+            )
+            lines.append(f"- **{m['name']}** ({m['role']}, {how})")
             continue
         e, i = m["embedding"], m["input"]
         lines.append(

@@ -20,6 +20,7 @@ from zoo.packaging.archive import SUMS_NAME, check_tree, read_sha256_sidecar, sa
 from zoo.packaging.package import read_package_manifest
 from zoo.progress import QUIET, Progress
 from zoo.report import Report
+from zoo.runtimes import module_missing
 from zoo.validators.metrics import cosine_rows
 
 NORM_TOLERANCE = 1e-3
@@ -86,14 +87,17 @@ def verify_directory(root: Path, *, progress: Progress = QUIET) -> Report:
         for entry in model["artifacts"]:
             artifacts.append(entry["path"])
             checks.append(_artifact_hash(root, entry))
-        if model["role"] == "detector":
+        if model["role"] in ("detector", "keypoints"):
+            staged = isinstance(model.get("validation"), dict) and model["validation"].get("checks")
             checks.append(
                 Check(
                     "golden outputs",
                     Status.NOT_APPLICABLE,
                     Fidelity.NOT_RUN,
                     artifact=model["artifacts"][0]["path"],
-                    detail=f"detector {model['name']} was supplied, not validated by zoo: no golden outputs",
+                    detail=f"{model['name']}: a pipeline stage, checked by the consumer-path row below"
+                    if staged
+                    else f"detector {model['name']} was supplied, not validated by zoo: no golden outputs",
                 )
             )
             continue
@@ -109,6 +113,8 @@ def verify_directory(root: Path, *, progress: Progress = QUIET) -> Report:
                 )
             )
         checks += _golden_checks(root, model, bad, progress)
+    if manifest.get("pipeline"):
+        checks.append(_pipeline_check(root, manifest, bad, progress))
     return Report(
         f"{manifest['name']}:{manifest['version']}",
         manifest["consumer"],
@@ -117,6 +123,37 @@ def verify_directory(root: Path, *, progress: Progress = QUIET) -> Report:
         tuple(artifacts),
         info={"package": str(root), "models": ", ".join(m["name"] for m in manifest["models"])},
     )
+
+
+def _pipeline_check(root: Path, manifest: dict, bad: set[str], progress: Progress) -> Check:
+    from zoo.detection.golden import consumer_path_check
+
+    folder = (root / manifest["pipeline"]["manifest"]).parent
+    golden = root / "golden" / f"{manifest['pipeline']['name']}-pipeline"
+    stage_files = [
+        a["path"]
+        for m in manifest["models"]
+        if m.get("pipeline") or m["role"] in ("detector", "keypoints")
+        for a in m["artifacts"]
+    ]
+    if bad & set(stage_files):
+        return Check(
+            "consumer path vs reference (cosine)",
+            Status.NOT_RUN,
+            Fidelity.NOT_RUN,
+            artifact=str(folder.relative_to(root)),
+            detail="not run: a stage file does not match its sha256",
+        )
+    if module_missing("onnxruntime", "onnx"):
+        return Check(
+            "consumer path vs reference (cosine)",
+            Status.NOT_RUN,
+            Fidelity.NOT_RUN,
+            artifact=str(folder.relative_to(root)),
+            detail="not run: ONNX Runtime is not installed (pip install 'zoo[onnx]')",
+        )
+    with progress.step("the service's path on the golden scenes"):
+        return consumer_path_check(root, folder, golden)
 
 
 def _artifact_hash(root: Path, entry: dict) -> Check:
