@@ -1,7 +1,7 @@
 """Requests per second and latency of `zoo serve` on this machine (measured): Immich's face request,
 batch 1 (one photo per request), at a few client concurrencies.
 
-    python benchmarks/bench_serve.py PACKAGE_DIR [--requests 200] [--concurrency 1 2 4]
+    python benchmarks/bench_serve.py PACKAGE_DIR [--requests 200] [--concurrency 1 2 4] [--photo-px 320]
 
 Starts `zoo serve PACKAGE_DIR` on loopback, sends the exact multipart request Immich's server sends
 (one seeded card scene per request), and prints requests/s, p50 and p99 latency per concurrency.
@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 
 
-def body_for(image: np.ndarray) -> tuple[bytes, str]:
+def body_for(image: np.ndarray, px: int) -> tuple[bytes, str]:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="JPEG", quality=90)
+    Image.fromarray(image).resize((px, px), Image.Resampling.BICUBIC).save(buf, format="JPEG", quality=90)
     entries = {
         "facial-recognition": {
             "detection": {"modelName": "buffalo_l", "options": {"minScore": 0.5}},
@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("package", type=Path)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--photo-px", type=int, default=320, help="the JPEG's side (a phone photo is ~4000)")
     args = parser.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,7 +70,7 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        bodies = [body_for(scene(CHECK_SEED + 1000 + k).image) for k in range(20)]
+        bodies = [body_for(scene(CHECK_SEED + 1000 + k).image, args.photo_px) for k in range(20)]
 
         def one(k: int) -> float:
             body, kind = bodies[k % len(bodies)]
@@ -82,7 +83,10 @@ def main() -> None:
         for k in range(10):
             one(k)  # warm-up
         cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-        print(f"zoo serve on {os.cpu_count()} cores ({cpu}); 320×320 JPEG scenes with 0–3 cards, batch 1 (measured)")
+        print(
+            f"zoo serve on {os.cpu_count()} cores ({cpu}); {args.photo_px}×{args.photo_px} JPEG scenes with 0–3 "
+            "cards, one photo per request (measured)"
+        )
         for c in args.concurrency:
             t = time.perf_counter()
             with ThreadPoolExecutor(c) as pool:

@@ -194,8 +194,9 @@ def test_a_pipeline_spec_lists_every_problem_at_once(tmp_path):
         assert expected in text
     spec = get_pipeline("ref_dogs")
     assert spec.embedder == "ref_dog" and spec.keypoints.keypoints == 4 and spec.detector.onnx.path.is_file()
-    with pytest.raises(UsageError, match="did you mean 'ref_dogs'"):
+    with pytest.raises(UsageError, match="unknown pipeline 'ref_dog'") as err:
         get_pipeline("ref_dog")
+    assert "did you mean 'ref_dogs'" in err.value.hint
 
 
 # ------------------------------------------------------------------------------------ conversion and checks
@@ -248,7 +249,7 @@ def _fake_detector(path: Path, row: list[float]) -> Path:
     y = helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 4])
     const = np.tile(np.asarray(row, np.float32)[:, None], (1, 4))[None]
     nodes = [
-        helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("ReduceMean", ["images"], ["m"], axes=[1, 2, 3], keepdims=0),
         helper.make_node("Mul", ["m", "zero"], ["z"]),
         helper.make_node("Add", ["z", "c"], ["output0"]),
     ]
@@ -258,7 +259,7 @@ def _fake_detector(path: Path, row: list[float]) -> Path:
         [x],
         [y],
         initializer=[
-            helper.make_tensor("zero", TensorProto.FLOAT, [1, 1, 1], [0.0]),
+            helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]),
             helper.make_tensor("c", TensorProto.FLOAT, const.shape, const.ravel().tolist()),
         ],
     )
@@ -396,7 +397,7 @@ def test_bad_input_is_a_4xx_with_a_message(server):
         ),
         (immich_multipart(IMMICH_FACES, None), 422, "no 'image'"),
         (immich_multipart({"clip": {"visual": {"modelName": "ViT-B-32__openai"}}}, photo), 422, "--upstream"),
-        ((b"garbage", "multipart/form-data; boundary=xyz"), 422, "entries"),
+        ((b"garbage", "multipart/form-data; boundary=xyz"), 400, "could not be parsed"),
         ((b"{}", "application/json"), 415, "multipart/form-data"),
     ]
     for (body, kind), status, message in cases:

@@ -246,10 +246,25 @@ def create_app(
 
 
 def serve(package: Path, *, host: str, port: int, upstream: str | None, max_upload_mb: int, say=print) -> None:
+    import socket
+
     try:
+        import multipart  # noqa: F401  (Starlette's form parser)
+        import starlette  # noqa: F401
         import uvicorn
-    except ImportError:
-        raise UsageError("zoo serve needs uvicorn and starlette", hint="pip install 'zoo[serve]'") from None
+    except ImportError as exc:
+        raise UsageError(
+            f"zoo serve needs Starlette, uvicorn and python-multipart ({exc})", hint="pip install 'zoo[serve]'"
+        ) from None
+    if max_upload_mb < 1:
+        raise UsageError(f"--max-upload-mb must be at least 1, not {max_upload_mb}")
     app = create_app(package, upstream=upstream, max_upload_bytes=max_upload_mb * 1024 * 1024)
+    try:  # a port in use is a one-line error here, not uvicorn's log and exit
+        with socket.create_server((host, port)):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint="choose another --port"
+        ) from None
     say(f"zoo serve: {package} on http://{host}:{port} (Immich ML protocol: POST /predict, GET /ping)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

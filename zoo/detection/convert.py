@@ -124,7 +124,11 @@ def _decode_check(runner: PipelineRunner) -> Check:
         if not np.isfinite(out).all():
             problems.append(f"{name}: non-finite outputs")
             continue
-        scores = out[0, 4 : 4 + len(runner.detector_cfg["classes"])]
+        rows = 4 + len(runner.detector_cfg["classes"])
+        if out.ndim != 3 or out.shape[:2] != (1, rows) or out.shape[2] == 0:
+            problems.append(f"{name}: output shape {tuple(out.shape)} at run time, not (1, {rows}, anchors)")
+            continue
+        scores = out[0, 4:rows]
         if scores.min() < 0 or scores.max() > 1:
             problems.append(f"{name}: class scores outside [0, 1] (not sigmoid scores: not an Ultralytics export?)")
         decoded = runner.detect(photo)
