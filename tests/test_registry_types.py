@@ -146,7 +146,7 @@ def test_every_problem_of_a_file_in_one_error(write_registry):
     assert "model 'm' in " in message and "input_size must be" in message
     assert "model 'other' in " in message and "seed must be an integer" in message
     assert "model 'plain' in " in message and "missing field(s) architecture, embedding_dim" in message
-    assert "[models.NAME], [targets.NAME] and [profiles.NAME] tables" in err.hint
+    assert "[models.NAME], [targets.NAME], [profiles.NAME] and [pipelines.NAME] tables" in err.hint
 
 
 def test_every_problem_across_files_in_one_error(write_registry):
