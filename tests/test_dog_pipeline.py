@@ -453,3 +453,54 @@ def test_zoo_pipeline_run_prints_the_matrix_and_writes_its_page(package, tmp_pat
     assert "skipped broken.png" in out and "nearest to p0.png#0: p1.png#0" in out
     page = (tmp_path / "photos-pipeline.html").read_text()
     assert page.count("<img") >= 7 and "Cosine similarity" in page
+
+
+# ------------------------------------------------------------------------------------ Immich's own face input
+
+
+def test_the_immich_target_folds_zoos_preprocessing_into_immichs_face_input(tmp_path):
+    from PIL import Image
+
+    from zoo.pipeline import convert
+    from zoo.runtimes.immich_face import immich_face_blob
+    from zoo.runtimes.onnxruntime import OrtSession
+    from zoo.validators.inputs import preprocess, reference_photos, resize_center_crop
+    from zoo.validators.metrics import cosine_rows
+
+    outcome = convert("ref_dog", "immich", out_root=tmp_path, latency_runs=20)
+    assert not outcome.report.failed, outcome.report.to_terminal()
+    parity = next(
+        c
+        for c in outcome.report.checks
+        if c.artifact == "model.immich-face.onnx" and c.name.startswith("parity vs source")
+    )
+    assert parity.status is Status.PASS and parity.value >= 0.99 and parity.data["samples"] == 12
+    folded = onnx.load(str(outcome.out_dir / "model.immich-face.onnx"))
+    dims = [d.dim_param or d.dim_value for d in folded.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 112, 112] and len(folded.graph.output) == 1
+    meta = {p.key: p.value for p in folded.metadata_props}
+    assert meta["input_range"].startswith("-1-1") and "mean" not in meta and meta["folded_mean"]
+
+    # Immich's path (a 112-px crop, (x − 127.5)/127.5) against zoo's, on the photos
+    spec = outcome.out_dir
+    photos = [p for _, p in reference_photos()]
+    zoo_path = OrtSession(spec / "model.onnx").run(preprocess(photos, 64, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    crops = np.stack([resize_center_crop(p, 112) for p in photos]).astype(np.float32)
+    immich_path = OrtSession(spec / "model.immich-face.onnx").run(immich_face_blob(crops))
+    assert cosine_rows(zoo_path, immich_path).min() >= 0.99
+    # the plain model given Immich's scaling (what stock Immich would do with it) is far off
+    small = np.stack(
+        [np.asarray(Image.fromarray(c.astype(np.uint8)).resize((64, 64), Image.Resampling.BICUBIC)) for c in crops]
+    )
+    unfolded = OrtSession(spec / "model.onnx").run(
+        np.ascontiguousarray(((small - 127.5) / 127.5).transpose(0, 3, 1, 2), np.float32)
+    )
+    assert cosine_rows(zoo_path, unfolded).min() < 0.8
+
+    pkg = build_package(consumer="immich", version="1.0.0", outputs=tmp_path, models=["ref_dog"], out=tmp_path / "dist")
+    recognition = pkg.directory / "facial-recognition" / "ref_dog" / "recognition" / "model.onnx"
+    assert recognition.read_bytes() == (outcome.out_dir / "model.immich-face.onnx").read_bytes()
+    assert "Immich's face blob: 112×112 RGB" in (recognition.parent.parent / "README.md").read_text()
+    report = verify_package(pkg.directory)
+    golden = next(c for c in report.checks if c.name.startswith("golden outputs vs expected"))
+    assert not report.failed and golden.status is Status.PASS and golden.value >= 0.99

@@ -33,6 +33,7 @@ ENTRY_POINT_GROUP = "zoo.converters"
 BUILTIN = {
     "torch_to_onnx": "zoo.converters.torch_to_onnx:TorchToOnnx",
     "onnx_to_ort": "zoo.converters.onnx_to_ort:OnnxToOrt",
+    "onnx_to_immich_face": "zoo.converters.onnx_to_immich_face:OnnxToImmichFace",
     "onnx_to_openvino": "zoo.converters.onnx_to_openvino:OnnxToOpenVino",
     "openvino_to_int8": "zoo.converters.openvino_to_int8:OpenVinoToInt8",
     "onnx_to_int8": "zoo.converters.onnx_to_int8:OnnxToInt8",

@@ -117,6 +117,7 @@ def app_metadata(ctx: PackageContext, model: dict, base: str) -> str:
 
 
 IMMICH_EMBEDDING_DIM = 512  # Immich's face table column is vector(512)
+IMMICH_FACE_FORMAT = "onnx-immich-face"  # zoo.converters.onnx_to_immich_face: Immich's 112-px face blob in
 
 
 def immich_rule_violations(path, embedding_dim: int) -> list[str]:
@@ -143,7 +144,7 @@ def immich_rule_violations(path, embedding_dim: int) -> list[str]:
 
 class ImmichLayout:
     consumer = "immich"
-    targets = ("server", "android")
+    targets = ("immich", "server", "android")
     takes_detector = True
 
     def __init__(self, name: str):
@@ -157,7 +158,10 @@ class ImmichLayout:
         return sources[:1]  # one embedding ONNX per model: the first target found, in preference order
 
     def place(self, source: SourceDir) -> list[Placement]:
-        onnx = [a for a in source.artifacts if a.get("format") == "onnx" and a.get("runnable", True)]
+        # the `immich` target's model takes Immich's own face input; else the plain ONNX (zoo's preprocessing)
+        onnx = [a for a in source.artifacts if a.get("format") == IMMICH_FACE_FORMAT] or [
+            a for a in source.artifacts if a.get("format") == "onnx" and a.get("runnable", True)
+        ]
         if not onnx:
             raise UsageError(f"{source.path} has no runnable .onnx artifact for Immich")
         problems = immich_rule_violations(source.path / onnx[0]["path"], source.spec().embedding_dim)
@@ -200,8 +204,10 @@ class ImmichLayout:
                     "l2_normalized": emb["l2_normalized"],
                     "metric": emb["metric"],
                     "input_size": inp["size"],
-                    "input_contract": "zoo: RGB, shorter side to input_size (bicubic), central crop, /255, "
-                    "(x - mean) / std, NCHW float32",
+                    "input_contract": "immich-face: 112x112 RGB, (x - 127.5) / 127.5, NCHW float32"
+                    if any(a["format"] == IMMICH_FACE_FORMAT for a in model["artifacts"])
+                    else "zoo: RGB, shorter side to input_size (bicubic), central crop, /255, (x - mean) / std, "
+                    "NCHW float32",
                     "input_mean": inp["mean"],
                     "input_std": inp["std"],
                     "weights": model["weights"],
@@ -213,12 +219,19 @@ class ImmichLayout:
                 if model["untrained_weights"]
                 else ""
             )
+            immich_input = any(a["format"] == IMMICH_FACE_FORMAT for a in model["artifacts"])
+            contract = (
+                "Immich's face blob: 112×112 RGB, (x − 127.5) / 127.5, NCHW float32 — what Immich's recognition "
+                f"feeds; zoo's resize to {inp['size']} px and mean/std are folded into the graph"
+                if immich_input
+                else f"RGB, shorter side to {inp['size']} px (bicubic), central crop, /255, mean {inp['mean']}, "
+                f"std {inp['std']}, NCHW float32"
+            )
             lines = [
                 f"- `recognition/model.onnx`: {emb['dim']}-d embedding, space `{emb['space']}`, "
                 + ("L2-normalized in the model" if emb["l2_normalized"] else "L2-normalize on the host")
                 + f", compare with {emb['metric']}; batch axis `batch`, one output (Immich's rules). "
-                f"Input: RGB, shorter side to {inp['size']} px (bicubic), central crop, /255, mean {inp['mean']}, "
-                f"std {inp['std']}, NCHW float32."
+                f"Input: {contract}."
             ]
             for m in stages:
                 rel = str(PurePosixPath(m["artifacts"][0]["path"]).relative_to(base))
@@ -238,17 +251,27 @@ class ImmichLayout:
                 "Immich's server at that URL in Administration → Settings → Machine Learning → URL; any face "
                 f"model name there runs `{folder}`. "
                 if pipeline
+                else "Copy `recognition/` into Immich's model cache (see below), or serve it from a service in front "
+                "of Immich's ML service that speaks `/predict`. "
+                if any(a["format"] == IMMICH_FACE_FORMAT for a in model["artifacts"])
                 else "Serve it from a service in front of Immich's ML service that speaks `/predict` and applies "
                 "this model's preprocessing. "
+            )
+            stock = (
+                "Immich's stock face code feeds this recognition model what it expects (112-px crops, "
+                "(x − 127.5) / 127.5), but loads the folder only under one of its model names (antelopev2 / "
+                "buffalo_s / buffalo_m / buffalo_l) and with an insightface RetinaFace/SCRFD detector in "
+                "`detection/model.onnx` (if that fails to load, Immich deletes the folder)."
+                if any(a["format"] == IMMICH_FACE_FORMAT for a in model["artifacts"])
+                else "Immich's stock face code does not load this folder as it is: it accepts only the model names "
+                "antelopev2 / buffalo_s / buffalo_m / buffalo_l, always runs an insightface detector, and feeds "
+                "recognition 112-px landmark-aligned crops scaled (x − 127.5) / 127.5, not this model's "
+                "preprocessing (it never reads a preprocessing file for faces); `--target immich` folds that in."
             )
             files[f"{base}/README.md"] = (
                 card
                 + f"\n# {folder} for Immich\n{warning}\n"
-                + f"Package `{ctx.name}` {ctx.version}, built by zoo. {how_to_use}"
-                "Immich's stock face code does not load this folder as it is: it accepts only the model names "
-                "antelopev2 / buffalo_s / buffalo_m / buffalo_l, always runs an insightface detector, and feeds "
-                "recognition 112-px landmark-aligned crops scaled (x − 127.5) / 127.5, not this model's "
-                "preprocessing (it never reads a preprocessing file for faces).\n\n"
+                + f"Package `{ctx.name}` {ctx.version}, built by zoo. {how_to_use}{stock}\n\n"
                 + "\n".join(lines)
                 + "\n\nCheck the files with `sha256sum -c SHA256SUMS` at the package root, and the models with "
                 "`zoo verify <package>` (golden inputs and expected outputs are in `golden/`).\n"

@@ -29,6 +29,7 @@ BUILTIN = {
     "hailo_int8_emulation": "zoo.runtimes.hailo:HailoInt8Emulation",
     "coreml": "zoo.runtimes.coreml:CoreML",
     "coreml_neuralnetwork": "zoo.runtimes.coreml:CoreMLNeuralNetwork",
+    "immich_face": "zoo.runtimes.immich_face:ImmichFaceRuntime",
 }
 
 
@@ -81,6 +82,9 @@ class RuntimeBase:
     fidelity = Fidelity.MEASURED
     extra = ""
     measures_latency = True  # False for an emulation: its speed is not the device's
+    # True where the session feeds the artifact resampled pixels (e.g. Immich's 112-px face crop): random
+    # tensors are not pictures a resize carries, so parity vs source is judged on the photos
+    parity_on_photos_only = False
 
     def unavailable_reason(self) -> str | None:
         return None

@@ -150,15 +150,19 @@ def validate_one(
         rows.append(checks.unit_norm(out, fid, name, normalized=model.normalize))
     if out.shape != refs.source.shape:
         return rows  # nothing to compare: the shape check already failed
+    photos_only = bool(getattr(runtime, "parity_on_photos_only", False))
+    judged = slice(0, refs.photo_count) if photos_only else slice(None)
     rows.append(
         checks.source_parity(
             f"parity vs source ({refs.source_label})",
-            refs.source,
-            out,
+            refs.source[judged],
+            out[judged],
             target.min_cosine_vs_source,
             fid,
             name,
-            detail=f"{refs.photo_count} photos + {len(refs.inputs) - refs.photo_count} random",
+            detail=f"{refs.photo_count} photos (random tensors are not pictures {runtime.name}'s resampled input carries)"
+            if photos_only
+            else f"{refs.photo_count} photos + {len(refs.inputs) - refs.photo_count} random",
         )
     )
     if refs.teacher is None:
