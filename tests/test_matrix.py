@@ -39,8 +39,9 @@ def test_convert_tiny_model(model, target, registry, tmp_path):
     for check in _checks(report, "parity vs source"):
         assert check.fidelity is Fidelity.MEASURED
         assert check.data["cosine_min"] >= target_spec.min_cosine_vs_source
-        assert check.data["max_abs_diff"] < 1e-3
-        assert check.data["samples"] == 16
+        resampled = "photos (random tensors are not pictures" in check.detail  # Immich's 112-px input
+        assert check.data["max_abs_diff"] < (0.1 if resampled else 1e-3)
+        assert check.data["samples"] == (12 if resampled else 16)
     for check in _checks(report, "unit L2 norm"):
         assert check.status is Status.PASS and check.value <= 1e-3
 
