@@ -394,3 +394,32 @@ def test_two_concurrent_validations_leave_a_report_the_manifest_pins(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["report_sha256"] == sha256_file(out / "report.json")
     assert sorted(p.name for p in tmp_path.joinpath("tiny_vit").iterdir()) == ["server"]  # no lock or leftovers
+
+
+def test_an_int8_artifact_its_runtime_cannot_run_is_a_one_line_conversion_failure(capsys):
+    """The int8-vs-fp32 timing runs before validation: a kernel that refuses the fresh artifact
+    (seen: LiteRT's PADV2 overflow, OpenVINO's GatherTransformation) is exit 3 in one line."""
+    import numpy as np
+
+    from zoo.cli import describe_error
+    from zoo.errors import ConversionError
+    from zoo.runtimes import SessionBase
+    from zoo.validators.timing import speedup_check
+
+    class Works(SessionBase):
+        batch = 1
+
+        def run(self, x):
+            return np.ones((len(x), 4), np.float32)
+
+    class Refuses(Works):
+        def run(self, x):
+            raise RuntimeError("tensorflow/lite/kernels/pad.cc:\n PADV2 Pad output dimension overflowed")
+
+    with pytest.raises(ConversionError) as err:
+        speedup_check("LiteRT XNNPACK", Works(), Refuses(), 16, "model.int8.tflite")
+    code, line, hint = describe_error(err.value)
+    assert code == EXIT_CONVERSION_FAILED and "\n" not in line
+    assert line.startswith("model.int8.tflite does not run on LiteRT XNNPACK: RuntimeError:") and "PADV2" in line
+    assert "another int8 scheme" in hint
+    assert speedup_check("LiteRT XNNPACK", Works(), Works(), 16, "m").status is Status.INFO

@@ -31,6 +31,7 @@ from zoo.packaging.errors import IntegrityError
 
 FACES = "facial-recognition"
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+DRAIN_FACTOR = 4  # an oversized upload is read (and dropped) up to this many times the limit
 MAX_PIXELS = 64_000_000  # a larger image is refused (413) before it is decoded
 
 
@@ -155,21 +156,28 @@ def _forward(upstream: str, body: bytes, content_type: str) -> tuple[int, bytes,
 
 
 async def _read_body(request, limit: int) -> bytes:
-    length = request.headers.get("content-length")
-    if length and length.isdigit() and int(length) > limit:
-        raise BadRequest(413, f"upload of {int(length):,} bytes is over the limit of {limit:,}")
+    """The body, at most `limit` bytes. A larger one is read to its end (up to DRAIN_FACTOR × limit,
+    discarding it) before the 413, so the client gets the answer instead of a broken pipe mid-upload."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise BadRequest(413, f"upload is over the limit of {limit:,} bytes")
-        chunks.append(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > DRAIN_FACTOR * limit:
+            break
+    if size > limit:
+        declared = request.headers.get("content-length", "")
+        shown = f"{int(declared):,}" if declared.isdigit() else f"over {size:,}"
+        raise BadRequest(413, f"upload of {shown} bytes is over the limit of {limit:,}")
     return b"".join(chunks)
 
 
 def create_app(
     package: Path, *, upstream: str | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES, threads: int = 1
 ):
+    import asyncio
+    import os
+
     from starlette.applications import Starlette
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
@@ -180,6 +188,13 @@ def create_app(
 
     runners = open_runners(package, threads=threads)
     default = next(iter(runners))
+    # decoding and inference run in worker threads; at most this many at once, so a burst of large
+    # photos cannot exhaust memory (the others wait their turn)
+    busy = asyncio.Semaphore(2 * (os.cpu_count() or 1))
+
+    def faces_of(data: bytes, runner: PipelineRunner, min_score: float | None) -> dict:
+        image = decode_image(data)
+        return faces_response(runner.run(image, min_score), image.shape[0], image.shape[1])
 
     async def root(request: Request):
         return JSONResponse(
@@ -229,10 +244,10 @@ def create_app(
             upload = form.get("image")
             if upload is None or isinstance(upload, str):
                 raise BadRequest(422, "the form has no 'image' file field")
-            image = decode_image(await upload.read())
-            runner = runners.get(name, runners[default])
-            found = await run_in_threadpool(runner.run, image, min_score)
-            return JSONResponse(faces_response(found, image.shape[0], image.shape[1]))
+            data = await upload.read()
+            async with busy:
+                answer = await run_in_threadpool(faces_of, data, runners.get(name, runners[default]), min_score)
+            return JSONResponse(answer)
         except BadRequest as exc:
             return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 

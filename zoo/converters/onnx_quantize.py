@@ -28,12 +28,15 @@ def quantize_qdq(
     batch: int = 1,
     extra_options: dict | None = None,
     stream_ranges: bool = False,
+    reduce_range: bool = False,
 ) -> None:
     """Quantize `src` into `dst` (QDQ format) calibrated on `calibration` (NCHW, as the model takes it).
 
     `tensor_overrides` maps tensor names to ORT TensorQuantOverrides entries, e.g. 16-bit activations
     for residual adds. `preprocess` runs ORT's quant_pre_process (shape inference + optimizations).
     `extra_options` are passed on to quantize_static's extra_options.
+    `reduce_range` quantizes weights to 7 bits: x86 CPUs without VNNI multiply u8 × s8 in saturating
+    16-bit pairs, which a full 8-bit range can overflow.
     `stream_ranges` computes the activation min/max over the whole calibration set one batch at a time
     (memory: one batch of activations — ORT's calibrator keeps every batch's activations, ~180 MB per
     image for convnext_tiny at 224, and its CalibMaxIntermediateOutputs option drops data in this ORT)
@@ -87,6 +90,7 @@ def quantize_qdq(
                 weight_type=getattr(QuantType, weight_type),
                 op_types_to_quantize=op_types,
                 nodes_to_exclude=nodes_to_exclude,
+                reduce_range=reduce_range,
                 extra_options=extra,
             )
     except Exception as exc:

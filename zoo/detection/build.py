@@ -172,6 +172,7 @@ def build_pipeline_stages(
     *,
     train_scenes: int = TRAIN_SCENES,
     epochs: tuple[int, int] = (DETECTOR_EPOCHS, KEYPOINTS_EPOCHS),
+    stages: tuple[str, ...] = ("detector", "keypoints"),
     progress: Progress = QUIET,
 ) -> dict[str, Path]:
     """Train both stages; write `<out>/ref_dogs_detector.onnx`, `ref_dogs_keypoints.onnx` and a JSON
@@ -193,6 +194,8 @@ def build_pipeline_stages(
             ),
             epochs,
         ):
+            if stage not in stages:
+                continue
             dest = out / f"ref_dogs_{stage}.onnx"
             with progress.step(
                 f"{stage}: rendering scenes, training YOLOv8 ({task}) {stage_epochs} epochs, exporting ONNX"

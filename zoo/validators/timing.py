@@ -103,13 +103,29 @@ def measure_throughput(session, input_size: int, batch: int = THROUGHPUT_BATCH, 
     }
 
 
+def _timed(session, input_size: int, what: str, runtime: str) -> float:
+    """p50 of one timing round; a freshly built artifact its own runtime cannot run is a conversion failure,
+    said in one line (this runs before validation, so it must not surface as a bare traceback)."""
+    from zoo.errors import ConversionError
+
+    try:
+        return latency.measure(session, input_size, runs=20, warmup=3)["p50_ms"]
+    except Exception as exc:
+        message = " ".join(str(exc).split())[:300]
+        raise ConversionError(
+            f"{what} does not run on {runtime}: {type(exc).__name__}: {message}",
+            hint="the artifact was written but its own runtime refuses it (try another int8 scheme or target); "
+            "run with --traceback for details",
+        ) from exc
+
+
 def speedup_check(runtime: str, baseline, quantized, input_size: int, artifact: str, rounds: int = 3) -> Check:
     """int8 vs fp32 on the same runtime, batch 1: p50 of each, timed in alternating rounds so that
     load from other processes hits both alike; the lowest p50 of each is compared."""
     base, quant = [], []
     for _ in range(rounds):
-        base.append(latency.measure(baseline, input_size, runs=20, warmup=3)["p50_ms"])
-        quant.append(latency.measure(quantized, input_size, runs=20, warmup=3)["p50_ms"])
+        base.append(_timed(baseline, input_size, f"the fp32 baseline of {artifact}", runtime))
+        quant.append(_timed(quantized, input_size, artifact, runtime))
     b, q = min(base), min(quant)
     return Check(
         f"int8 speedup vs fp32 ({runtime}, batch 1 p50)",
