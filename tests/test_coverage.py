@@ -16,7 +16,33 @@ from zoo.registry import load_registry
 
 TARGETS = ("server", "android-int8", "tflite", "tflite-int8", "openvino-int8", "ios", "hailo8l")
 FAST = ("cov_swin", "cov_dinov3", "cov_mobilevitv2")
-KNOWN: dict[tuple[str, str], str] = {}  # (model, target) → what its one-line failure says
+PARITY = "parity vs source"
+# (model, target) → what its one-line failure says, as measured on a 2-core AVX2 host (the README's
+# coverage table); int8 parity figures depend on the CPU's int8 kernels, so a VNNI host may differ
+KNOWN: dict[tuple[str, str], str] = {
+    ("cov_convnextv2", "openvino-int8"): PARITY,
+    ("cov_convnextv2", "ios"): "PyTorch convert function for op 'addcmul' not implemented",
+    ("cov_convnextv2", "hailo8l"): "ReduceL2 at node",
+    ("cov_deit", "hailo8l"): PARITY,
+    ("cov_dinov3", "hailo8l"): "Neg at node",
+    ("cov_edgenext", "hailo8l"): "ReduceL2 at node",
+    ("cov_efficientformerv2", "ios"): "upsample_bilinear",
+    ("cov_efficientvit", "tflite-int8"): "Pad output dimension overflowed",
+    ("cov_efficientvit", "hailo8l"): "Div at node",
+    ("cov_fastvit", "android-int8"): PARITY,
+    ("cov_fastvit", "openvino-int8"): PARITY,
+    ("cov_fastvit", "hailo8l"): PARITY,
+    ("cov_levit", "openvino-int8"): PARITY,
+    ("cov_levit", "hailo8l"): "ReduceMean at node",
+    ("cov_mobilenetv4", "openvino-int8"): PARITY,
+    ("cov_mobilevitv2", "android-int8"): PARITY,
+    ("cov_mobilevitv2", "tflite"): "litert-torch",
+    ("cov_mobilevitv2", "tflite-int8"): "litert-torch",
+    ("cov_mobilevitv2", "openvino-int8"): "openvino_to_int8 failed",
+    ("cov_mobilevitv2", "ios"): "pixel_shuffle",
+    ("cov_mobilevitv2", "hailo8l"): "Expand at node",
+    ("cov_swin", "hailo8l"): "Shape at node",
+}
 
 
 def coverage_models() -> list[str]:
