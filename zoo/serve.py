@@ -261,12 +261,15 @@ def create_app(
 
 
 def serve(package: Path, *, host: str, port: int, upstream: str | None, max_upload_mb: int, say=print) -> None:
+    import importlib
+    import importlib.util
     import socket
 
     try:
-        import multipart  # noqa: F401  (Starlette's form parser)
         import starlette  # noqa: F401
         import uvicorn
+
+        importlib.import_module("python_multipart" if importlib.util.find_spec("python_multipart") else "multipart")
     except ImportError as exc:
         raise UsageError(
             f"zoo serve needs Starlette, uvicorn and python-multipart ({exc})", hint="pip install 'zoo[serve]'"
