@@ -19,6 +19,14 @@ from zoo.errors import EXIT_CHECK_FAILED, EXIT_CONVERSION_FAILED, EXIT_OK, EXIT_
 from zoo.progress import Progress
 
 
+def _report_exit(report, footer: str = "") -> int:
+    """Print a report (and where its files are); exit 1 when a check failed."""
+    print(report.to_terminal())
+    if footer:
+        print(footer)
+    return EXIT_CHECK_FAILED if report.failed else EXIT_OK
+
+
 def cmd_list(*, what: str, registry: list[Path]) -> int:
     if what == "models":
         from zoo.registry import load_registry
@@ -92,9 +100,7 @@ def cmd_convert(
             latency_runs=latency_runs,
             progress=Progress(enabled=not quiet),
         )
-        print(outcome.report.to_terminal())
-        print(f"pipeline stages, manifest and report: {outcome.out_dir}")
-        return EXIT_CHECK_FAILED if outcome.report.failed else EXIT_OK
+        return _report_exit(outcome.report, f"pipeline stages, manifest and report: {outcome.out_dir}")
     from zoo.pipeline import convert
     from zoo.registry import load_registry
 
@@ -110,9 +116,7 @@ def cmd_convert(
         eval_path=eval_set,
         progress=Progress(enabled=not quiet),
     )
-    print(outcome.report.to_terminal())
-    print(f"artifacts, manifest and report: {outcome.out_dir}")
-    return EXIT_CHECK_FAILED if outcome.report.failed else EXIT_OK
+    return _report_exit(outcome.report, f"artifacts, manifest and report: {outcome.out_dir}")
 
 
 def cmd_validate(*, directory: Path, latency_runs: int, eval_set: Path | None, quiet: bool) -> int:
@@ -121,8 +125,7 @@ def cmd_validate(*, directory: Path, latency_runs: int, eval_set: Path | None, q
     outcome = validate_dir(
         directory, latency_runs=latency_runs, eval_path=eval_set, progress=Progress(enabled=not quiet)
     )
-    print(outcome.report.to_terminal())
-    return EXIT_CHECK_FAILED if outcome.report.failed else EXIT_OK
+    return _report_exit(outcome.report)
 
 
 def cmd_distill(
@@ -184,9 +187,9 @@ def cmd_reference(*, action: str, directory: Path | None, out: Path, registry: l
         from zoo.detection.build import build_pipeline_stages
 
         written = build_pipeline_stages(out, progress=Progress(enabled=not quiet))
-        for stage, path in written.items():
-            from zoo.checkpoints import sha256_file
+        from zoo.checkpoints import sha256_file
 
+        for stage, path in written.items():
             print(f"{stage}: {path} sha256 {sha256_file(path)}")
         print("register them: onnx = { path = ..., sha256 = ... } in [pipelines.ref_dogs.detector] / .keypoints")
         return EXIT_OK
@@ -231,9 +234,10 @@ def cmd_hailo(*, action: str, path: Path, quiet: bool) -> int:
         from zoo.hailo.bundle import compile_bundle
 
         outcome = compile_bundle(path, progress=Progress(enabled=not quiet))
-        print(outcome.report.to_terminal())
-        print(f"model.hef and manifest: {outcome.directory} (on the device: zoo validate {outcome.directory})")
-        return EXIT_CHECK_FAILED if outcome.report.failed else EXIT_OK
+        return _report_exit(
+            outcome.report,
+            f"model.hef and manifest: {outcome.directory} (on the device: zoo validate {outcome.directory})",
+        )
     import onnx
 
     from zoo.hailo.ops import preflight
@@ -291,9 +295,7 @@ def cmd_package(
 def cmd_verify(*, package: Path, quiet: bool) -> int:
     from zoo.packaging.verify import verify_package
 
-    report = verify_package(package, progress=Progress(enabled=not quiet))
-    print(report.to_terminal())
-    return EXIT_CHECK_FAILED if report.failed else EXIT_OK
+    return _report_exit(verify_package(package, progress=Progress(enabled=not quiet)))
 
 
 def cmd_publish(*, package: Path, store: str, quiet: bool) -> int:

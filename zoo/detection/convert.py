@@ -107,20 +107,14 @@ def _stage_contract(path: Path, stage: str, spec: PipelineSpec) -> tuple[dict, l
     return contract, [check]
 
 
-def _iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / max((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter, 1e-9)
-
-
 def _decode_check(runner: PipelineRunner) -> Check:
     """The detector's output decodes on real photos: finite, scores in [0, 1], boxes inside the image."""
     from zoo.validators.inputs import reference_photos
 
     problems, found = [], 0
     for name, photo in reference_photos():
-        out = runner.detector.run(yolo.letterbox(photo, runner.detector_cfg["input"]["size"])[0])
+        x, box = yolo.letterbox(photo, runner.detector_cfg["input"]["size"])
+        out = runner.detector.run(x)
         if not np.isfinite(out).all():
             problems.append(f"{name}: non-finite outputs")
             continue
@@ -131,7 +125,7 @@ def _decode_check(runner: PipelineRunner) -> Check:
         scores = out[0, 4:rows]
         if scores.min() < 0 or scores.max() > 1:
             problems.append(f"{name}: class scores outside [0, 1] (not sigmoid scores: not an Ultralytics export?)")
-        decoded = runner.detect(photo)
+        decoded = runner.decode_detections(out, box, photo.shape[:2])
         h, w = photo.shape[:2]
         if len(decoded.boxes) and (decoded.boxes[:, [0, 2]].max() > w or decoded.boxes[:, [1, 3]].max() > h):
             problems.append(f"{name}: boxes outside the image")
@@ -160,7 +154,7 @@ def scene_checks(runner: PipelineRunner, count: int = CHECK_SCENES) -> tuple[lis
         predictions += len(found)
         used = set()
         for f in found:
-            ious = [(_iou(f.box, b), k) for k, b in enumerate(sc.boxes) if k not in used]
+            ious = [(yolo.iou(f.box, b), k) for k, b in enumerate(sc.boxes) if k not in used]
             best = max(ious, default=(0.0, -1))
             if best[0] < 0.5:
                 continue

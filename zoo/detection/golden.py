@@ -14,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from zoo.detection.yolo import iou
 from zoo.fidelity import Check, Fidelity, Status
 
 GOLDEN_SCENES = 6
 GOLDEN_SEED = 3_000_017  # never a training or check scene
 MATCH_IOU = 0.9
+CHECK_NAME = "consumer path (decode → detect → crop → embed) vs reference (cosine)"
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
@@ -71,18 +73,12 @@ def write_pipeline_golden(directory: Path, pipeline_dir: Path, spec, min_cosine:
     return record
 
 
-def _iou(a, b) -> float:
-    from zoo.detection.convert import _iou as iou
-
-    return iou(a, b)
-
-
 def consumer_path_check(package_root: Path, pipeline_dir: Path, golden_dir: Path) -> Check:
     """The service's path on the golden PNG bytes vs the reference embeddings, matched by box."""
     from zoo.detection.runner import PipelineRunner
     from zoo.serve import decode_image
 
-    name = "consumer path (decode → detect → crop → embed) vs reference (cosine)"
+    name = CHECK_NAME
     try:
         record = json.loads((golden_dir / "golden.json").read_text())
         expected = np.load(golden_dir / "expected.npy", allow_pickle=False)
@@ -99,8 +95,8 @@ def consumer_path_check(package_root: Path, pipeline_dir: Path, golden_dir: Path
     for sc in record["scenes"]:
         found = runner.run(decode_image((golden_dir / sc["file"]).read_bytes()))
         for box in sc["boxes"]:
-            match = max(found, key=lambda f: _iou(f.box, box), default=None)
-            if match is None or _iou(match.box, box) < record["match_iou"]:
+            match = max(found, key=lambda f: iou(f.box, box), default=None)
+            if match is None or iou(match.box, box) < record["match_iou"]:
                 missing += 1
             else:
                 cosines.append(

@@ -62,6 +62,7 @@ class PipelineRunner:
         self.keypoints_cfg = stages.get("keypoints")
         self.embedder_cfg = stages["embedder"]
         self.crop_cfg = self.manifest["crop"]
+        self.keep_ids = tuple(self.detector_cfg["classes"].index(c) for c in self.detector_cfg["keep"])
         self.detector = _session(self.directory / self.detector_cfg["file"], threads)
         self.keypoints = _session(self.directory / self.keypoints_cfg["file"], threads) if self.keypoints_cfg else None
         self.embedder = _session(self.directory / self.embedder_cfg["file"], threads)
@@ -71,17 +72,23 @@ class PipelineRunner:
         return int(self.embedder_cfg["embedding"]["dim"])
 
     def detect(self, image: np.ndarray, score_threshold: float | None = None) -> yolo.Decoded:
+        x, box = yolo.letterbox(image, int(self.detector_cfg["input"]["size"]))
+        return self.decode_detections(self.detector.run(x), box, image.shape[:2], score_threshold)
+
+    def decode_detections(
+        self, output: np.ndarray, box: yolo.Letterbox, image_size, score_threshold: float | None = None
+    ) -> yolo.Decoded:
+        """The detector's raw output for one image → its kept detections in the image's pixels."""
         cfg = self.detector_cfg
-        x, box = yolo.letterbox(image, int(cfg["input"]["size"]))
         return yolo.decode(
-            self.detector.run(x),
+            output,
             classes=len(cfg["classes"]),
             keypoints=0,
             box=box,
-            image_size=image.shape[:2],
+            image_size=image_size,
             score_threshold=cfg["score_threshold"] if score_threshold is None else score_threshold,
             iou_threshold=cfg["iou_threshold"],
-            class_ids=tuple(cfg["classes"].index(c) for c in cfg["keep"]),
+            class_ids=self.keep_ids,
         )
 
     def find_keypoints(self, image: np.ndarray, box: np.ndarray) -> np.ndarray | None:

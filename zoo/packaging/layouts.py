@@ -184,6 +184,9 @@ class ImmichLayout:
             inp, emb = model["input"], model["embedding"]
             stages = [m for m in ctx.models if m["name"] in model["depends_on"]]
             pipeline = model.get("pipeline")
+            immich_input = any(
+                a["format"] == IMMICH_FACE_FORMAT for a in model["artifacts"]
+            )  # the immich target's model: Immich's own face input
             tags = ["immich", IMMICH_TASK, "zoo", "embedding"] + (["pipeline"] if pipeline else [])
             if model["untrained_weights"]:
                 tags.append("untrained-weights")
@@ -205,7 +208,7 @@ class ImmichLayout:
                     "metric": emb["metric"],
                     "input_size": inp["size"],
                     "input_contract": "immich-face: 112x112 RGB, (x - 127.5) / 127.5, NCHW float32"
-                    if any(a["format"] == IMMICH_FACE_FORMAT for a in model["artifacts"])
+                    if immich_input
                     else "zoo: RGB, shorter side to input_size (bicubic), central crop, /255, (x - mean) / std, "
                     "NCHW float32",
                     "input_mean": inp["mean"],
@@ -219,7 +222,6 @@ class ImmichLayout:
                 if model["untrained_weights"]
                 else ""
             )
-            immich_input = any(a["format"] == IMMICH_FACE_FORMAT for a in model["artifacts"])
             contract = (
                 "Immich's face blob: 112×112 RGB, (x − 127.5) / 127.5, NCHW float32 — what Immich's recognition "
                 f"feeds; zoo's resize to {inp['size']} px and mean/std are folded into the graph"
@@ -253,7 +255,7 @@ class ImmichLayout:
                 if pipeline
                 else "Copy `recognition/` into Immich's model cache (see below), or serve it from a service in front "
                 "of Immich's ML service that speaks `/predict`. "
-                if any(a["format"] == IMMICH_FACE_FORMAT for a in model["artifacts"])
+                if immich_input
                 else "Serve it from a service in front of Immich's ML service that speaks `/predict` and applies "
                 "this model's preprocessing. "
             )
@@ -262,7 +264,7 @@ class ImmichLayout:
                 "(x − 127.5) / 127.5), but loads the folder only under one of its model names (antelopev2 / "
                 "buffalo_s / buffalo_m / buffalo_l) and with an insightface RetinaFace/SCRFD detector in "
                 "`detection/model.onnx` (if that fails to load, Immich deletes the folder)."
-                if any(a["format"] == IMMICH_FACE_FORMAT for a in model["artifacts"])
+                if immich_input
                 else "Immich's stock face code does not load this folder as it is: it accepts only the model names "
                 "antelopev2 / buffalo_s / buffalo_m / buffalo_l, always runs an insightface detector, and feeds "
                 "recognition 112-px landmark-aligned crops scaled (x − 127.5) / 127.5, not this model's "

@@ -33,7 +33,7 @@ from zoo.packaging import golden as golden_mod
 from zoo.packaging.archive import write_archive, write_sha256_sidecar, write_sha256sums
 from zoo.packaging.errors import IntegrityError, PackageRefused
 from zoo.packaging.layouts import IMMICH_TASK, Layout, PackageContext, Placement, get_layout, gradle_snippet
-from zoo.packaging.sources import SourceDir, find_sources, gate
+from zoo.packaging.sources import SourceDir, find_sources, gate, load_source
 from zoo.progress import QUIET, Progress
 
 SCHEMA = "zoo.package"
@@ -252,7 +252,6 @@ class PipelineSource:
 
 def find_pipeline_source(outputs: Path, pipeline: str, targets, consumer: str, models, detector) -> PipelineSource:
     from zoo.detection.runner import read_pipeline_manifest
-    from zoo.packaging.sources import load_source
 
     if consumer != "immich":
         raise UsageError(f"--pipeline is for --consumer immich, not {consumer}")

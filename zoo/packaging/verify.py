@@ -126,32 +126,24 @@ def verify_directory(root: Path, *, progress: Progress = QUIET) -> Report:
 
 
 def _pipeline_check(root: Path, manifest: dict, bad: set[str], progress: Progress) -> Check:
-    from zoo.detection.golden import consumer_path_check
+    from zoo.detection.golden import CHECK_NAME, consumer_path_check
 
     folder = (root / manifest["pipeline"]["manifest"]).parent
     golden = root / "golden" / f"{manifest['pipeline']['name']}-pipeline"
-    stage_files = [
+    stage_files = {
         a["path"]
         for m in manifest["models"]
         if m.get("pipeline") or m["role"] in ("detector", "keypoints")
         for a in m["artifacts"]
-    ]
-    if bad & set(stage_files):
-        return Check(
-            "consumer path vs reference (cosine)",
-            Status.NOT_RUN,
-            Fidelity.NOT_RUN,
-            artifact=str(folder.relative_to(root)),
-            detail="not run: a stage file does not match its sha256",
-        )
-    if module_missing("onnxruntime", "onnx"):
-        return Check(
-            "consumer path vs reference (cosine)",
-            Status.NOT_RUN,
-            Fidelity.NOT_RUN,
-            artifact=str(folder.relative_to(root)),
-            detail="not run: ONNX Runtime is not installed (pip install 'zoo[onnx]')",
-        )
+    }
+    why = (
+        "not run: a stage file does not match its sha256"
+        if bad & stage_files
+        else module_missing("onnxruntime", "onnx")
+        and "not run: ONNX Runtime is not installed (pip install 'zoo[onnx]')"
+    )
+    if why:
+        return Check(CHECK_NAME, Status.NOT_RUN, Fidelity.NOT_RUN, artifact=str(folder.relative_to(root)), detail=why)
     with progress.step("the service's path on the golden scenes"):
         return consumer_path_check(root, folder, golden)
 
