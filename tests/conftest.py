@@ -7,13 +7,25 @@ import pytest
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 os.environ.pop("ZOO_REGISTRY", None)  # tests see only the registries they ask for
-os.environ["ZOO_CACHE"] = tempfile.mkdtemp(prefix="zoo-test-cache-")  # never the user's cache
+SHARED_CACHE = Path(tempfile.mkdtemp(prefix="zoo-test-cache-"))  # never the user's cache
+os.environ["ZOO_CACHE"] = str(SHARED_CACHE)
 
 
 def pytest_sessionfinish(session, exitstatus):
     # "no tests collected" (e.g. a -k filter that matches nothing) is not a failure of the code.
     if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED:
         session.exitstatus = pytest.ExitCode.OK
+
+
+@pytest.fixture(autouse=True)
+def _own_conversion_cache(tmp_path_factory, monkeypatch):
+    """Each test its own cache of steps and conversions (a test that plants a fault in a converter
+    must not be served an earlier test's good artifact); teacher embeddings stay shared, as they only
+    depend on what their key says."""
+    own = tmp_path_factory.mktemp("zoo-cache")
+    (SHARED_CACHE / "teacher-embeddings").mkdir(exist_ok=True)
+    (own / "teacher-embeddings").symlink_to(SHARED_CACHE / "teacher-embeddings")
+    monkeypatch.setenv("ZOO_CACHE", str(own))
 
 
 @pytest.fixture(scope="session")

@@ -116,7 +116,8 @@ def test_dynamic_batch_runs_any_batch(registry, tmp_path):
     assert outcome.report.verdict == "not validated"
 
 
-def test_outputs_are_deterministic(registry, tmp_path):
+def test_outputs_are_deterministic(registry, tmp_path, monkeypatch):
+    monkeypatch.setenv("ZOO_CACHE", "off")  # two real conversions, not one and its cached copy
     a = convert("tiny_efficientnet", "server", out_root=tmp_path / "a", registry=registry, validate=False)
     b = convert("tiny_efficientnet", "server", out_root=tmp_path / "b", registry=registry, validate=False)
     assert sha256_file(a.out_dir / "model.onnx") == sha256_file(b.out_dir / "model.onnx")

@@ -320,6 +320,8 @@ def cmd_pull(*, ref: str, store: str, dest: Path, sha256: str | None, force: boo
 
 def cmd_matrix(
     *,
+    action: str,
+    reports: list[Path],
     models: list[str],
     targets: list[str],
     tier: str | None,
@@ -329,29 +331,83 @@ def cmd_matrix(
     fail_on: str,
     latency_runs: int,
     eval_set: Path | None,
+    jobs: int,
+    executor: str,
+    address: str | None,
+    shard: str | None,
+    shards: int,
     registry: list[Path],
     quiet: bool,
 ) -> int:
-    from zoo.matrix import collect, write_reports
+    import json
 
-    matrix = collect(
-        models=models,
-        targets=targets,
-        tier=tier,
-        outputs=outputs,
-        convert=convert,
-        latency_runs=latency_runs,
-        registry_paths=registry,
-        eval_path=eval_set,
-        progress=Progress(enabled=not quiet),
-    )
+    from zoo.errors import UsageError
+    from zoo.matrix import Matrix, collect, merge, parse_shard, plan, write_reports
+
+    if action == "plan":
+        print(json.dumps(plan(shards=shards, models=models, targets=targets, tier=tier, registry_paths=registry)))
+        return EXIT_OK
+    if action == "merge":
+        if not reports:
+            raise UsageError(
+                "zoo matrix merge needs the shards' matrix.json files", hint="zoo matrix merge A.json B.json"
+            )
+        try:
+            matrix = merge([Matrix.from_dict(json.loads(Path(p).read_text())) for p in reports])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"a shard report is not a zoo matrix.json: {exc}") from None
+    else:
+        if reports:
+            raise UsageError(f"unexpected argument(s): {' '.join(map(str, reports))}", hint="zoo matrix [plan|merge]")
+        matrix = collect(
+            models=models,
+            targets=targets,
+            tier=tier,
+            outputs=outputs,
+            convert=convert,
+            latency_runs=latency_runs,
+            registry_paths=registry,
+            eval_path=eval_set,
+            jobs=jobs,
+            executor=executor,
+            address=address,
+            shard=parse_shard(shard),
+            progress=Progress(enabled=not quiet),
+        )
     rows = [("model", *matrix.targets)]
     for model in matrix.models:
-        rows.append((model, *(matrix.cell(model, t).label for t in matrix.targets)))
+        rows.append((model, *((c.label if (c := matrix.cell(model, t)) else "—") for t in matrix.targets)))
     _print_table(rows)
+    cached = sum(bool(c.cached) for c in matrix.cells)
+    if cached:
+        print(f"{cached} of {len(matrix.cells)} cell(s) came from the cache")
+    slowest = matrix.slowest(3)
+    if slowest:
+        print("slowest: " + ", ".join(f"{c.model} → {c.target} {c.seconds:.1f} s" for c in slowest))
     for kind, path in write_reports(matrix, report_dir).items():
         print(f"{kind}: {path}")
     return EXIT_CHECK_FAILED if matrix.should_fail(fail_on) else EXIT_OK
+
+
+def cmd_cache(*, action: str, max_size: str | None) -> int:
+    from zoo import cache
+    from zoo.errors import UsageError
+
+    root = cache.cache_root()
+    if root is None:
+        print("the cache is off ($ZOO_CACHE=off)")
+        return EXIT_OK
+    if action == "prune":
+        if not max_size:
+            raise UsageError("zoo cache prune needs --max-size", hint="e.g. zoo cache prune --max-size 5G")
+        removed, freed = cache.prune(cache.parse_size(max_size))
+        print(f"evicted {removed} least recently used entr{'y' if removed == 1 else 'ies'} ({freed / 1e6:.1f} MB)")
+    elif action == "clear":
+        removed, freed = cache.prune(0)
+        print(f"removed {removed} entr{'y' if removed == 1 else 'ies'} ({freed / 1e6:.1f} MB)")
+    usage = cache.usage()
+    print(f"cache {root}: " + (", ".join(f"{u.kind} {u.entries} ({u.bytes / 1e6:.1f} MB)" for u in usage) or "empty"))
+    return EXIT_OK
 
 
 def cmd_serve(*, package: Path, host: str, port: int, upstream: str | None, max_upload_mb: int) -> int:
@@ -432,17 +488,40 @@ def _add_packaging_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--sha256", metavar="HEX", help="pin the archive's sha256")
     p.add_argument("--force", action="store_true", help="replace DIR if it exists")
 
-    p = sub.add_parser("matrix", parents=[common], help="models × targets: JSON, Markdown, JUnit and HTML reports")
+    p = sub.add_parser(
+        "matrix",
+        parents=[common],
+        help="models × targets: JSON, Markdown, JUnit and HTML reports; `plan` shards it for CI, `merge` joins shards",
+    )
     p.set_defaults(handler=cmd_matrix)
+    p.add_argument("action", nargs="?", choices=["run", "plan", "merge"], default="run")
+    p.add_argument("reports", nargs="*", type=Path, metavar="MATRIX_JSON", help="merge: the shards' matrix.json files")
     p.add_argument("--models", nargs="+", default=[], metavar="MODEL")
     p.add_argument("--targets", nargs="+", default=[], metavar="TARGET")
     p.add_argument("--tier", help="add every model with this tier tag (e.g. tiny)")
     p.add_argument("--outputs", type=Path, default=Path("out"), help="output root (default: out/)")
-    p.add_argument("--convert", action="store_true", help="convert the cells that have no output directory")
+    p.add_argument(
+        "--convert", action="store_true", help="convert and validate every cell (unchanged ones come from the cache)"
+    )
     p.add_argument("--report-dir", type=Path, default=Path("zoo-reports"), help="default: zoo-reports/")
     p.add_argument("--fail-on", choices=["fail", "not-run", "never"], default="fail")
     p.add_argument("--latency-runs", type=int, default=30)
     _add_eval_option(p, default_help="each model’s own; used for the cells --convert converts")
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="cells converted side by side (default: 1)")
+    p.add_argument(
+        "--executor",
+        choices=["local", "process", "ray"],
+        default="",
+        help="where cells run: this process, --jobs processes (default when N > 1), or Ray",
+    )
+    p.add_argument("--address", metavar="ADDR", help="ray: a cluster's address (default: a local cluster for the run)")
+    p.add_argument("--shard", metavar="K/N", help="convert only the K-th of N shards (see `zoo matrix plan`)")
+    p.add_argument("--shards", type=int, default=2, metavar="N", help="plan: how many shards (default: 2)")
+
+    p = sub.add_parser("cache", parents=[common], help="the cache of steps and conversions: size, prune, clear")
+    p.set_defaults(handler=cmd_cache)
+    p.add_argument("action", choices=["info", "prune", "clear"])
+    p.add_argument("--max-size", metavar="SIZE", help="prune: keep at most this much (e.g. 5G), least recently used go")
 
 
 def _add_eval_option(parser: argparse.ArgumentParser, default_help: str = "") -> None:
@@ -483,6 +562,9 @@ def _common_options(after_command: bool) -> argparse.ArgumentParser:
     )
     common.add_argument("--traceback", action="store_true", help="show the full traceback on errors", **unset)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress lines", **unset)
+    common.add_argument(
+        "--no-cache", action="store_true", help="do all the work again; read and write no cache ($ZOO_CACHE)", **unset
+    )
     return common
 
 
@@ -573,6 +655,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.registry = [*args.registry, *getattr(args, "registry_after_command", [])]
     show_traceback = args.traceback or bool(os.environ.get("ZOO_TRACEBACK"))
+    if args.no_cache:
+        from zoo.cache import disable
+
+        disable()
     try:
         return _call(args.handler, args)
     except KeyboardInterrupt:

@@ -316,9 +316,15 @@ def export_reference_evaluation_set(directory: Path) -> dict[str, int]:
     return ev.counts
 
 
-def resolve_evaluation_set(explicit: Path | None, model, teacher) -> EvaluationSet:
-    """`--eval` first, then the model's `eval_set`, then its teacher's, else the built-in task."""
+def evaluation_path(explicit: Path | None, model, teacher) -> Path | None:
+    """`--eval` first, then the model's `eval_set`, then its teacher's; None: the built-in task."""
     for path in (explicit, getattr(model, "eval_set", ""), getattr(teacher, "eval_set", "") if teacher else ""):
         if path:
-            return load_evaluation_set(Path(path))
-    return reference_evaluation_set()
+            return Path(path)
+    return None
+
+
+def resolve_evaluation_set(explicit: Path | None, model, teacher) -> EvaluationSet:
+    """The set `evaluation_path` names, loaded and checked, else the built-in task."""
+    path = evaluation_path(explicit, model, teacher)
+    return load_evaluation_set(path) if path else reference_evaluation_set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -10,12 +11,20 @@ from pathlib import Path
 import numpy as np
 
 from zoo import __version__
-from zoo.cache import Cached, cached_arrays
+from zoo.cache import Cached, cache_root, cached_arrays
 from zoo.calibration import check_calibration_options
 from zoo.checkpoints import sha256_file
+from zoo.conversion_cache import conversion_key, model_files, restore_conversion, step_base_key, store_conversion
+from zoo.conversion_cache import run_step as run_cached_step
 from zoo.converters import Artifact, ConvertContext, get_converter, uses_calibration
 from zoo.errors import ConversionError, UsageError, ZooError
-from zoo.evalset import EvaluationSet, reference_evaluation_set, resolve_evaluation_set
+from zoo.evalset import (
+    EvaluationSet,
+    evaluation_path,
+    load_evaluation_set,
+    reference_evaluation_set,
+    resolve_evaluation_set,
+)
 from zoo.fidelity import Check, Fidelity, Status
 from zoo.metadata import artifact_metadata
 from zoo.outputs import (
@@ -201,10 +210,10 @@ def _resolve(model_name: str, target_name: str, registry: Registry | None) -> tu
 PARITY_EVAL_IMAGES = 12  # images of a user's evaluation set among the parity inputs (as many as the photos)
 
 
-def _parity_inputs(size: int, model: ModelSpec, evaluation: EvaluationSet) -> tuple[np.ndarray, list[str], int]:
+def _parity_inputs(size: int, model: ModelSpec, evaluation: EvaluationSet | None) -> tuple[np.ndarray, list[str], int]:
     """(inputs, labels, image count): the bundled photos — or, with a user's evaluation set, its own
-    images (evenly spaced over gallery and views) — then the seeded random inputs."""
-    if evaluation.builtin:
+    images (evenly spaced over gallery and views) — then the seeded random inputs. None: the built-in task."""
+    if evaluation is None or evaluation.builtin:
         x, labels = parity_inputs(size, model.mean, model.std)
         return x, labels, len(reference_photos())
     images = [*evaluation.gallery, *evaluation.views]
@@ -230,27 +239,41 @@ def convert(
 ) -> Outcome:
     """Convert a registered model for a target, validate every artifact, write outputs atomically.
     `eval_path`: the evaluation set teacher parity and the product rules run on (default: the model's
-    `eval_set`, its teacher's, else the built-in reference task)."""
+    `eval_set`, its teacher's, else the built-in reference task). Steps and whole conversions whose
+    inputs did not change come from the cache (zoo.conversion_cache; `ZOO_CACHE=off` turns it off)."""
+    started = time.perf_counter()
     model, target, teacher, registry = _resolve(model_name, target_name, registry)
     steps = [get_converter(step, target.name) for step in target.chain]  # unknown steps fail before any work
     check_calibration_options(target, any(uses_calibration(s) for s in steps), calibration_dir, calibration_count)
-    evaluation = resolve_evaluation_set(eval_path, model, teacher)  # a bad set fails before any work
+    user_set = evaluation_path(eval_path, model, teacher)
+    # a bad set fails before any work; the built-in task is rendered only when validation needs it
+    evaluation = load_evaluation_set(user_set) if user_set else None
     profile = profile_for(model, teacher, registry.files)
     runtime = get_runtime(target.runtime)
     warnings = untrained_warnings(model, teacher)
     for warning in warnings:
         progress.say(f"WARNING: {warning}")
     size = model.input_size_for(target)
+    x, labels, image_count = _parity_inputs(size, model, evaluation)
+    metadata = artifact_metadata(model, target, size)
+    out_dir = Path(out_root) / model.name / target.name
 
+    base_key = step_base_key(model, target, steps, size, x, metadata, calibration_dir, calibration_count, out_dir)
+    key = _conversion_key(base_key, model, teacher, out_dir, evaluation, profile, validate, latency_runs)
+    if key is not None:
+        cached = _cached_conversion(key, out_dir, progress)
+        if cached is not None:
+            return cached
+    evaluation = evaluation or reference_evaluation_set()
+
+    timings: dict[str, float] = {}
     torch_model = None
     if model.architecture_kind != "onnx":
         from zoo.models import build_model
 
         with progress.step(f"building {model.name} ({model.architecture}, {size} px, {model.weights_label})"):
             torch_model = build_model(model)
-    x, labels, image_count = _parity_inputs(size, model, evaluation)
 
-    out_dir = Path(out_root) / model.name / target.name
     with staged_directory(out_dir, say=progress.say) as work:
         ctx = ConvertContext(
             model=model,
@@ -259,18 +282,22 @@ def convert(
             input_size=size,
             torch_model=torch_model,
             sample_inputs=x,
-            metadata=artifact_metadata(model, target, size),
+            metadata=metadata,
             progress=progress,
             calibration_dir=calibration_dir,
             calibration_count=calibration_count,
         )
         upstream: Artifact | None = None
-        for step in steps:
+        for index, step in enumerate(steps):
             problems = step.preflight(ctx, upstream)
             if problems:
                 raise ConversionError(f"{step.name} cannot convert {model.name}: " + "; ".join(problems))
+            step_started = time.perf_counter()
             with progress.step(f"{step.name}"):
-                produced = _run_step(step, ctx, upstream)
+                produced, reused = run_cached_step(step, index, ctx, upstream, base_key, _run_step)
+            if reused:
+                progress.say(f"{step.name}: {reused}")
+            timings[step.name] = round(time.perf_counter() - step_started, 3)
             ctx.artifacts += produced
             upstream = produced[0]
         for warning in ctx.warnings:
@@ -281,8 +308,11 @@ def convert(
         conversion_checks = list(ctx.checks)
         checks: list[Check] = conversion_checks + inspect_artifacts(work, ctx.artifacts)
         if validate:
+            validation_started = time.perf_counter()
             refs = _references(model, teacher, x, labels, image_count, torch_model, evaluation, profile, progress)
             checks += _validate(model, target, refs, work, ctx.artifacts, latency_runs, progress)
+            timings["validation"] = round(time.perf_counter() - validation_started, 3)
+        timings["total"] = round(time.perf_counter() - started, 3)
         report = Report(
             model=model.name,
             target=target.name,
@@ -291,12 +321,52 @@ def convert(
             artifacts=tuple(a.name for a in ctx.artifacts),
             validated=validate,
             info=_report_info(model, target, size, runtime if validate else None, x, evaluation, profile),
+            timings=timings,
         )
         manifest = _manifest(work, model, teacher, target, ctx.artifacts, size, ctx.records)
         manifest["conversion_checks"] = [c.to_dict() for c in conversion_checks]
         manifest["eval_set"] = _eval_record(evaluation, out_dir)
         manifest["acceptance_profile"] = profile.record()
+        manifest["timings"] = timings
         _write_report(work, report, manifest)
+        if key is not None:
+            store_conversion(key, work, timings["total"])
+    return Outcome(out_dir, report)
+
+
+def _conversion_key(base_key, model, teacher, out_dir, evaluation, profile, validate, latency_runs) -> str | None:
+    """Everything a conversion's report depends on (zoo.conversion_cache); None when the cache is off."""
+    if base_key is None or cache_root() is None:
+        return None
+    try:
+        teacher_fields = (spec_to_manifest(teacher, out_dir), model_files(teacher)) if teacher else None
+    except OSError:
+        return None
+    return conversion_key(
+        base_key,
+        teacher=teacher_fields,
+        eval_set=_eval_record(evaluation, out_dir) if evaluation else "built-in reference task",
+        profile=profile.record(),
+        validate=validate,
+        latency_runs=latency_runs,
+    )
+
+
+class _CacheMiss(Exception):
+    """An entry that could not be restored whole: the conversion runs instead."""
+
+
+def _cached_conversion(key: str, out_dir: Path, progress: Progress) -> Outcome | None:
+    try:
+        with staged_directory(out_dir, say=progress.say) as work:
+            restored = restore_conversion(key, work)
+            if restored is None:
+                raise _CacheMiss
+            report, manifest = restored
+            _write_report(work, report, manifest)
+    except _CacheMiss:
+        return None
+    progress.say(f"{report.model} → {report.target}: {report.info['cache']}")
     return Outcome(out_dir, report)
 
 

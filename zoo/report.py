@@ -17,6 +17,7 @@ class Report:
     artifacts: tuple[str, ...] = ()
     validated: bool = True
     info: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)  # wall seconds per step ("torch_to_onnx", "validation", "total")
 
     @property
     def counts(self) -> dict[str, int]:
@@ -48,6 +49,7 @@ class Report:
             "warnings": list(self.warnings),
             "artifacts": list(self.artifacts),
             "info": self.info,
+            "timings": self.timings,
             "checks": [c.to_dict() for c in self.checks],
         }
 
@@ -64,7 +66,16 @@ class Report:
             artifacts=tuple(d.get("artifacts", ())),
             validated=d.get("verdict") != "not validated",
             info=d.get("info", {}),
+            timings=d.get("timings", {}),
         )
+
+    @property
+    def wall_time(self) -> str:
+        """'12.3 s (torch_to_onnx 2.1 s, validation 9.8 s)', or '' when nothing was timed."""
+        if "total" not in self.timings:
+            return ""
+        parts = ", ".join(f"{k} {v:.1f} s" for k, v in self.timings.items() if k != "total")
+        return f"{self.timings['total']:.1f} s" + (f" ({parts})" if parts else "")
 
     def to_markdown(self) -> str:
         lines = [f"# zoo report: {self.model} → {self.target}", ""]
@@ -80,6 +91,8 @@ class Report:
             lines.append("")
         for key, value in self.info.items():
             lines.append(f"- {key}: {value}")
+        if self.wall_time:
+            lines.append(f"- wall time: {self.wall_time}")
         if self.info:
             lines.append("")
         lines.append("| artifact | check | value | threshold | fidelity | result | detail |")
@@ -108,6 +121,10 @@ class Report:
                 text.append(f"FAIL {ch.artifact or '—'}: {ch.name}: {ch.detail}")
         for warning in self.warnings:
             text.append(f"WARNING: {warning}")
+        if self.info.get("cache"):
+            text.append(f"cache: {self.info['cache']}")
+        if self.wall_time:
+            text.append(f"wall time: {self.wall_time}")
         c = self.counts
         text.append(
             f"{self.model} → {self.target}: {self.verdict.upper()} — {c['pass']} passed, {c['fail']} failed, "

@@ -13,8 +13,9 @@ A cell is one model × target: `pass` (its report's verdict; checks not run stay
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from zoo.errors import UsageError, ZooError
@@ -38,6 +39,26 @@ class Cell:
     budget_percentile: int | None = None
     budget_on: str = ""  # host | device
     converted: bool = False  # converted by this run (else read from an existing output directory)
+    seconds: float | None = None  # this run's wall time for the cell (a cached cell: the time to restore it)
+    cached: str = ""  # "cached (from …)" when the conversion came from the cache
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Cell:
+        budget = d.get("latency_budget") or {}
+        return cls(
+            d["model"],
+            d["target"],
+            d["state"],
+            Report.from_dict(d["report"]) if d.get("report") else None,
+            d.get("detail", ""),
+            d.get("output", ""),
+            budget.get("ms"),
+            budget.get("percentile"),
+            budget.get("on", ""),
+            d.get("converted", False),
+            d.get("seconds"),
+            d.get("cached", ""),
+        )
 
     @property
     def counts(self) -> dict[str, int]:
@@ -64,6 +85,8 @@ class Cell:
             "detail": self.detail,
             "output": self.out_dir,
             "converted": self.converted,
+            "seconds": self.seconds,
+            "cached": self.cached,
             "latency_budget": {"ms": self.budget_ms, "percentile": self.budget_percentile, "on": self.budget_on},
             "report": self.report.to_dict() if self.report else None,
         }
@@ -94,6 +117,18 @@ class Matrix:
         if fail_on == "fail":
             return failed
         return failed or t["cells"]["missing"] > 0 or t["checks"][Status.NOT_RUN.value] > 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Matrix:
+        if d.get("schema") != "zoo.matrix":
+            raise UsageError(
+                "not a zoo matrix report (schema zoo.matrix)", hint="pass the matrix.json `zoo matrix` wrote"
+            )
+        return cls(tuple(d["models"]), tuple(d["targets"]), tuple(Cell.from_dict(c) for c in d["cells"]))
+
+    def slowest(self, n: int = 5) -> list[Cell]:
+        timed = [c for c in self.cells if c.seconds is not None]
+        return sorted(timed, key=lambda c: -c.seconds)[:n]
 
     def to_dict(self) -> dict:
         return {
@@ -145,25 +180,12 @@ def _output_dirs(outputs: Path) -> list[tuple[str, str]]:
     return found
 
 
-def collect(
-    *,
-    models: Sequence[str] = (),
-    targets: Sequence[str] = (),
-    tier: str | None = None,
-    outputs: Path = Path("out"),
-    convert: bool = False,
-    latency_runs: int = 30,
-    registry_paths: Sequence[Path] = (),
-    eval_path: Path | None = None,
-    progress: Progress = QUIET,
-) -> Matrix:
-    """Every model × target: the existing output directory's report, else (with `convert`) a fresh
-    conversion through zoo.pipeline.convert, else a `missing` cell."""
+def _selection(models, targets, tier, outputs, convert, registry_paths):
+    """(registry, all targets, models, targets) the user asked for, every name checked."""
     from zoo.converters import missing_steps
     from zoo.registry import load_registry
     from zoo.targets import load_targets
 
-    outputs = Path(outputs)
     registry = load_registry(registry_paths)
     all_targets = load_targets(registry.files)
     models = list(models)
@@ -185,10 +207,6 @@ def collect(
         raise UsageError(
             f"no output directories under {outputs}", hint="run `zoo convert` first, or pass --convert with --models"
         )
-    if eval_path is not None:
-        from zoo.evalset import load_evaluation_set
-
-        load_evaluation_set(eval_path)  # a bad set fails before any cell is converted
     for m in models:
         registry.get(m)  # an unknown name fails here, with a did-you-mean hint
     for t in targets:
@@ -196,34 +214,162 @@ def collect(
             from zoo.errors import unknown_name
 
             raise unknown_name("target", t, all_targets)
+    return registry, all_targets, models, targets
 
-    cells = []
-    for model in models:
-        for target in targets:
-            out_dir = outputs / model / target
-            if (out_dir / "report.json").is_file():
-                cells.append(read_cell(out_dir, model, target))
-                continue
-            if not convert:
-                cells.append(
-                    Cell(
-                        model,
-                        target,
-                        "missing",
-                        detail=f"no output directory {out_dir} (run `zoo convert --model {model} --target {target}` "
-                        "or pass --convert)",
-                        out_dir=str(out_dir),
-                    )
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """'2/4' → (2, 4): the second of four shards."""
+    if not text:
+        return None
+    index, _, count = str(text).partition("/")
+    if not (index.isdigit() and count.isdigit()) or not 1 <= int(index) <= int(count):
+        raise UsageError(f"--shard must be K/N with 1 ≤ K ≤ N, not {text!r}", hint="e.g. --shard 1/2")
+    return int(index), int(count)
+
+
+def shard_cells(cells: list[tuple[str, str]], index: int, count: int) -> list[tuple[str, str]]:
+    """Shard `index` of `count`, dealt along diagonals (cell i goes to (i + i // count) mod count), so
+    each shard gets a share of every model and of every target, not one target's column."""
+    return [cell for i, cell in enumerate(cells) if (i + i // count) % count == index - 1]
+
+
+def plan(
+    *,
+    shards: int,
+    models: Sequence[str] = (),
+    targets: Sequence[str] = (),
+    tier: str | None = None,
+    registry_paths: Sequence[Path] = (),
+) -> dict:
+    """The job matrix GitHub Actions' `strategy.matrix` reads (`fromJSON`): one entry per shard, with
+    the `--shard` argument its job passes and the cells it will convert."""
+    if shards < 1:
+        raise UsageError(f"--shards must be at least 1, not {shards}")
+    _, _, models, targets = _selection(models, targets, tier, Path("out"), True, registry_paths)
+    cells = [(m, t) for m in models for t in targets]
+    include = []
+    for k in range(1, shards + 1):
+        mine = shard_cells(cells, k, shards)
+        if mine:
+            include.append(
+                {"shard": f"{k}/{shards}", "name": f"shard-{k}-of-{shards}", "cells": [f"{m}/{t}" for m, t in mine]}
+            )
+    return {"include": include}
+
+
+def merge(matrices: Sequence[Matrix]) -> Matrix:
+    """Shards' matrices as one: models and targets in first-seen order, every cell once."""
+    models: list[str] = []
+    targets: list[str] = []
+    cells: dict[tuple[str, str], Cell] = {}
+    for matrix in matrices:
+        models += [m for m in matrix.models if m not in models]
+        targets += [t for t in matrix.targets if t not in targets]
+        for cell in matrix.cells:
+            key = (cell.model, cell.target)
+            if key in cells:
+                raise UsageError(
+                    f"cell {cell.model} → {cell.target} is in more than one shard report",
+                    hint="merge the reports of one `zoo matrix plan`, each shard once",
                 )
-                continue
+            cells[key] = cell
+    order = {(m, t): i for i, (m, t) in enumerate((m, t) for m in models for t in targets)}
+    return Matrix(
+        tuple(models), tuple(targets), tuple(sorted(cells.values(), key=lambda c: order[(c.model, c.target)]))
+    )
+
+
+def collect(
+    *,
+    models: Sequence[str] = (),
+    targets: Sequence[str] = (),
+    tier: str | None = None,
+    outputs: Path = Path("out"),
+    convert: bool = False,
+    latency_runs: int = 30,
+    registry_paths: Sequence[Path] = (),
+    eval_path: Path | None = None,
+    jobs: int = 1,
+    executor: str = "",
+    address: str | None = None,
+    shard: tuple[int, int] | None = None,
+    progress: Progress = QUIET,
+) -> Matrix:
+    """Every model × target (or one shard of them): with `convert`, each cell converted and validated
+    through zoo.pipeline.convert — unchanged ones come back from the cache in seconds — on the
+    executor asked for (zoo.matrix.executors); without it, the existing output directory's report,
+    else a `missing` cell."""
+    from zoo.converters import missing_steps
+    from zoo.matrix.executors import EXECUTORS, RUNNERS, CellJob, threads_per_cell
+
+    outputs = Path(outputs)
+    executor = executor or ("process" if jobs > 1 else "local")
+    if executor not in EXECUTORS:
+        raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1, not {jobs}")
+    registry, all_targets, models, targets = _selection(models, targets, tier, outputs, convert, registry_paths)
+    if eval_path is not None:
+        from zoo.evalset import load_evaluation_set
+
+        load_evaluation_set(eval_path)  # a bad set fails before any cell is converted
+    wanted = [(m, t) for m in models for t in targets]
+    if shard:
+        wanted = shard_cells(wanted, *shard)
+
+    cells: dict[tuple[str, str], Cell] = {}
+    to_convert = []
+    threads = threads_per_cell(jobs)
+    env = tuple((k, v) for k, v in os.environ.items() if k.startswith("ZOO_") and k != "ZOO_THREADS")
+    for model, target in wanted:
+        out_dir = outputs / model / target
+        if convert:
             missing = missing_steps(all_targets[target])
             if missing:
-                cells.append(
-                    Cell(model, target, "missing", detail=f"target not built here: needs step(s) {', '.join(missing)}")
-                )
-                continue
-            cells.append(_convert_cell(model, target, outputs, registry, latency_runs, progress, eval_path))
-    return Matrix(tuple(models), tuple(targets), tuple(cells))
+                why = f"target not built here: needs step(s) {', '.join(missing)}"
+                cells[(model, target)] = Cell(model, target, "missing", detail=why)
+            else:
+                paths = tuple(str(Path(p).resolve()) for p in registry_paths)
+                job = CellJob(model, target, str(outputs.resolve()), paths, latency_runs, _str(eval_path), threads, env)
+                to_convert.append(job)
+        elif (out_dir / "report.json").is_file():
+            cells[(model, target)] = read_cell(out_dir, model, target)
+        else:
+            cells[(model, target)] = Cell(
+                model,
+                target,
+                "missing",
+                detail=f"no output directory {out_dir} (run `zoo convert --model {model} --target {target}` "
+                "or pass --convert)",
+                out_dir=str(out_dir),
+            )
+    if to_convert:
+        progress.say(
+            f"converting {len(to_convert)} cell(s) on the {executor} executor"
+            + (f", {jobs} at a time, {threads} thread(s) each" if executor != "local" else "")
+        )
+    for done, (job, cell) in enumerate(RUNNERS[executor](to_convert, jobs, address), 1):
+        cell = replace(cell, out_dir=_relative_out(cell.out_dir, outputs))
+        cells[(job.model, job.target)] = cell
+        how = f"{cell.seconds:.1f} s" + (", cached" if cell.cached else "") if cell.seconds is not None else ""
+        progress.say(f"[{done}/{len(to_convert)}] {job.model} → {job.target}: {cell.label} ({how})")
+    kept_models = [m for m in models if any(k[0] == m for k in cells)]
+    kept_targets = [t for t in targets if any(k[1] == t for k in cells)]
+    return Matrix(tuple(kept_models), tuple(kept_targets), tuple(cells[k] for k in wanted))
+
+
+def _str(path: Path | None) -> str | None:
+    return str(Path(path).resolve()) if path is not None else None
+
+
+def _relative_out(out_dir: str, outputs: Path) -> str:
+    """A worker reports absolute paths; the matrix names outputs as the user passed --outputs."""
+    if not out_dir:
+        return out_dir
+    try:
+        return str(outputs / Path(out_dir).relative_to(outputs.resolve()))
+    except ValueError:
+        return out_dir
 
 
 def _convert_cell(model, target, outputs, registry, latency_runs, progress, eval_path=None) -> Cell:
@@ -245,7 +391,8 @@ def _convert_cell(model, target, outputs, registry, latency_runs, progress, eval
         return Cell(model, target, "error", detail=detail)
     except Exception as exc:  # a crash in one cell must not hide the others; it counts as a failure
         return Cell(model, target, "error", detail=f"unexpected {type(exc).__name__}: {exc}")
-    return read_cell(outcome.out_dir, model, target, converted=True)
+    cell = read_cell(outcome.out_dir, model, target, converted=True)
+    return replace(cell, cached=outcome.report.info.get("cache", ""))
 
 
 def write_reports(matrix: Matrix, report_dir: Path) -> dict[str, Path]:

@@ -116,6 +116,20 @@ def get_runtime(name: str) -> Runtime:
     )
 
 
+THREADS_ENV = "ZOO_THREADS"
+
+
+def thread_budget() -> int:
+    """Threads one runtime session may use: `$ZOO_THREADS` (set per cell by `zoo matrix --jobs`, so
+    cells side by side do not oversubscribe the cores); 0 = the runtime's own default (all cores)."""
+    import os
+
+    try:
+        return max(0, int(os.environ.get(THREADS_ENV, "0")))
+    except ValueError:
+        return 0
+
+
 def module_missing(module: str, extra: str) -> str | None:
     """A reason string when `module` cannot be imported (for unavailable_reason)."""
     if importlib.util.find_spec(module) is None:

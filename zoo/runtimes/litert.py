@@ -14,7 +14,7 @@ import numpy as np
 
 from zoo.errors import require
 from zoo.fidelity import Fidelity
-from zoo.runtimes import RuntimeBase, SessionBase, module_missing
+from zoo.runtimes import RuntimeBase, SessionBase, module_missing, thread_budget
 
 EXTRA = "tflite"
 
@@ -23,7 +23,7 @@ class LiteRtSession(SessionBase):
     def __init__(self, path: Path, threads: int | None = None):
         interpreter_module = require("ai_edge_litert.interpreter", EXTRA)
         self.path = Path(path)
-        self._threads = threads or os.cpu_count() or 1
+        self._threads = threads or thread_budget() or os.cpu_count() or 1
         self._interpreter = interpreter_module.Interpreter(model_path=str(path), num_threads=self._threads)
         self._interpreter.allocate_tensors()
         inputs = self._interpreter.get_input_details()

@@ -8,14 +8,14 @@ import numpy as np
 
 from zoo.errors import require
 from zoo.fidelity import Fidelity
-from zoo.runtimes import RuntimeBase, SessionBase, module_missing
+from zoo.runtimes import RuntimeBase, SessionBase, module_missing, thread_budget
 
 
 class OrtSession(SessionBase):
-    def __init__(self, path_or_bytes: Path | bytes, threads: int = 0):
+    def __init__(self, path_or_bytes: Path | bytes, threads: int | None = None):
         ort = require("onnxruntime", "onnx")
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = thread_budget() if threads is None else threads
         options.log_severity_level = 3
         source = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
         self._session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

@@ -14,7 +14,7 @@ import numpy as np
 
 from zoo.errors import require
 from zoo.fidelity import Fidelity
-from zoo.runtimes import RuntimeBase, SessionBase, module_missing
+from zoo.runtimes import RuntimeBase, SessionBase, module_missing, thread_budget
 
 EXTRA = "openvino"
 PARITY_CONFIG = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
@@ -32,6 +32,8 @@ class OpenVinoSession(SessionBase):
         self._core = core()
         self.path = Path(path)
         self.config = dict(PARITY_CONFIG if config is None else config)
+        if thread_budget() and "INFERENCE_NUM_THREADS" not in self.config:
+            self.config["INFERENCE_NUM_THREADS"] = thread_budget()
         model = _model if _model is not None else self._core.read_model(str(path))
         if len(model.inputs) != 1:
             raise ValueError(f"expected one input, the model has {len(model.inputs)}")

@@ -1,0 +1,166 @@
+"""Where the matrix's conversions run: one after another, in processes side by side, or on Ray.
+
+Every executor runs the same function, `run_cell`, on a `CellJob` and returns a `Cell` — so results
+are the same cell for cell whichever ran them. A cell is isolated: a crash, even a native one that
+kills its process, is that cell's error and never stops the others. Cells side by side get
+`cores // jobs` threads each (torch, ONNX Runtime, OpenVINO, LiteRT: `$ZOO_THREADS`), so they do not
+oversubscribe the machine.
+
+- `local`: in this process (jobs = 1).
+- `process`: `--jobs N` spawned worker processes on this machine.
+- `ray`: Ray tasks on a cluster (`--address`), or on a local one started for the run. Ray schedules
+  them; every node needs zoo installed and must see `--outputs` and the registries at the same paths
+  (a shared filesystem), as any Ray job reading and writing files does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from multiprocessing import get_context
+from multiprocessing.connection import wait
+from pathlib import Path
+
+EXECUTORS = ("local", "process", "ray")
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class CellJob:
+    model: str
+    target: str
+    outputs: str
+    registry_paths: tuple[str, ...]
+    latency_runs: int
+    eval_path: str | None
+    threads: int  # 0: the runtimes' defaults (all cores)
+    env: tuple[tuple[str, str], ...] = ()  # ZOO_* settings of the caller (cache folder, …)
+
+
+def threads_per_cell(jobs: int) -> int:
+    return 0 if jobs <= 1 else max(1, (os.cpu_count() or 1) // jobs)
+
+
+def limit_threads(threads: int) -> None:
+    """Give this process `threads` threads for torch and every runtime (before they start their pools)."""
+    if threads <= 0:
+        return
+    os.environ["ZOO_THREADS"] = str(threads)
+    for var in _THREAD_VARS:
+        os.environ[var] = str(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+def run_cell(job: CellJob):
+    """One cell, converted and validated (zoo.matrix._convert_cell), in whatever process runs it."""
+    from zoo.matrix import _convert_cell
+    from zoo.progress import QUIET
+    from zoo.registry import load_registry
+
+    os.environ.update(dict(job.env))
+    limit_threads(job.threads)
+    start = time.perf_counter()
+    try:
+        registry = load_registry([Path(p) for p in job.registry_paths])
+        cell = _convert_cell(
+            job.model,
+            job.target,
+            Path(job.outputs),
+            registry,
+            job.latency_runs,
+            QUIET,
+            Path(job.eval_path) if job.eval_path else None,
+        )
+    except Exception as exc:  # _convert_cell already turns failures into cells; this is a last guard
+        from zoo.matrix import Cell
+
+        cell = Cell(job.model, job.target, "error", detail=f"unexpected {type(exc).__name__}: {exc}")
+    return replace(cell, seconds=round(time.perf_counter() - start, 3))
+
+
+def _crashed(job: CellJob, why: str):
+    from zoo.matrix import Cell
+
+    return Cell(job.model, job.target, "error", detail=f"the cell's conversion crashed: {why}")
+
+
+def run_local(jobs: list[CellJob], workers: int, address: str | None) -> Iterable:
+    for job in jobs:
+        yield job, run_cell(job)
+
+
+def _child(job: CellJob, conn) -> None:
+    conn.send(run_cell(job))
+    conn.close()
+
+
+def run_processes(jobs: list[CellJob], workers: int, address: str | None) -> Iterable:
+    """Each cell in its own spawned process, at most `workers` at once: no state leaks from one cell
+    into the next, and a cell that kills its process (a native crash, out of memory) is that cell's
+    error, named with its exit signal."""
+    context = get_context("spawn")
+    waiting = list(jobs)
+    running: dict = {}  # process sentinel → (process, job, receiving end)
+    while waiting or running:
+        while waiting and len(running) < workers:
+            job = waiting.pop(0)
+            receive, send = context.Pipe(duplex=False)
+            process = context.Process(target=_child, args=(job, send), daemon=True)
+            process.start()
+            send.close()
+            running[process.sentinel] = (process, job, receive)
+        ready = wait([*running, *(r for _, _, r in running.values())])
+        for sentinel, (process, job, receive) in list(running.items()):
+            if receive not in ready and sentinel not in ready:
+                continue
+            try:
+                cell = receive.recv()
+            except (EOFError, OSError):
+                process.join()
+                code = process.exitcode
+                how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                cell = _crashed(job, f"its process died ({how}) before reporting: a native crash or out of memory")
+            process.join()
+            receive.close()
+            del running[sentinel]
+            yield job, cell
+
+
+def run_ray(jobs: list[CellJob], workers: int, address: str | None) -> Iterable:
+    from zoo.errors import require
+
+    ray = require("ray", "ray")
+    started_here = not ray.is_initialized()
+    if started_here:
+        options = {"address": address} if address else {"num_cpus": os.cpu_count() or 1}
+        ray.init(
+            **options,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level="ERROR",
+            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("ZOO_")}},
+        )
+    try:
+        cpus = max(1, jobs[0].threads) if jobs else 1
+        remote = ray.remote(num_cpus=cpus, max_retries=0)(run_cell)
+        refs = {remote.remote(job): job for job in jobs}
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            job = refs.pop(done[0])
+            try:
+                yield job, ray.get(done[0])
+            except Exception as exc:  # the task's process died, or Ray lost it
+                yield job, _crashed(job, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+RUNNERS: dict[str, Callable] = {"local": run_local, "process": run_processes, "ray": run_ray}
