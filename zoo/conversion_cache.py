@@ -23,7 +23,6 @@ import hashlib
 import importlib.util
 import inspect
 import json
-import marshal
 import os
 import platform
 import time
@@ -91,8 +90,20 @@ def step_fingerprint(step) -> str:
         pass
     code = getattr(getattr(cls, "convert", None), "__code__", None)
     if code is not None:
-        parts.append(hashlib.sha256(marshal.dumps(code)).hexdigest())
+        parts.append(_code_digest(code, hashlib.sha256()).hexdigest())
     return ":".join(parts)
+
+
+def _code_digest(code, digest):
+    """Bytecode, names and constants, nested functions included (marshal's bytes vary with refcounts)."""
+    digest.update(code.co_code)
+    digest.update(repr((code.co_names, code.co_varnames)).encode())
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            _code_digest(const, digest)
+        else:
+            digest.update(repr(const).encode())
+    return digest
 
 
 def step_base_key(
