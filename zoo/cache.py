@@ -99,11 +99,9 @@ def cached_arrays(kind: str, fields: dict, compute: Callable[[], dict[str, np.nd
 @lru_cache(maxsize=1)
 def zoo_fingerprint() -> str:
     """sha256 of zoo's own files (code, registries, shipped weights): any change to zoo is a new key."""
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha256()
-    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
-        digest.update(f"{path.relative_to(package).as_posix()}\0{file_fingerprint(path)}\n".encode())
-    return digest.hexdigest()
+    from zoo.outputs import tree_sha256
+
+    return tree_sha256(Path(__file__).resolve().parent, file_fingerprint, skip="__pycache__")
 
 
 _FILE_HASHES: dict[tuple, str] = {}
@@ -122,13 +120,10 @@ def file_fingerprint(path: Path) -> str:
 
 def tree_fingerprint(path: Path) -> str:
     """A file's sha256, or a folder's: the sha256 of its files' relative paths and hashes."""
+    from zoo.outputs import tree_sha256
+
     path = Path(path)
-    if not path.is_dir():
-        return file_fingerprint(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{file_fingerprint(file)}\n".encode())
-    return digest.hexdigest()
+    return tree_sha256(path, file_fingerprint) if path.is_dir() else file_fingerprint(path)
 
 
 # ---- folder entries: files a piece of work wrote ----
@@ -225,14 +220,13 @@ def _touch(path: Path) -> None:
 def _evict(path: Path) -> None:
     """Rename an entry away, then delete it: readers see it whole or not at all."""
     gone = path.with_name(f".tmp-evicted-{path.name[:16]}-{os.getpid()}-{time.monotonic_ns()}")
+    from zoo.outputs import remove_path
+
     try:
         os.rename(path, gone)
     except OSError:
         return
-    if gone.is_dir():
-        shutil.rmtree(gone, ignore_errors=True)
-    else:
-        gone.unlink(missing_ok=True)
+    remove_path(gone)
 
 
 def _size(path: Path) -> int:
@@ -260,7 +254,9 @@ def _entries(root: Path) -> list[tuple[Path, float]]:
                 used = 0.0
             if path.name.startswith(".tmp-"):
                 if time.time() - used > STALE_TMP_SECONDS:
-                    shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                    from zoo.outputs import remove_path
+
+                    remove_path(path)
                 continue
             found.append((path, used))
     return found

@@ -143,7 +143,7 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
 
 def run_step(step, index: int, ctx, upstream, base_key: dict | None, run):
     """`run(step, ctx, upstream)` — or its output from the cache. Returns (artifacts, "cached (from …)" or "")."""
-    if base_key is None or cache.cache_root() is None:
+    if base_key is None:  # the cache is off, or the conversion cannot be keyed
         return run(step, ctx, upstream), ""
     try:
         written = {a.name: cache.tree_fingerprint(ctx.workdir / a.name) for a in ctx.artifacts}
@@ -181,10 +181,8 @@ def run_step(step, index: int, ctx, upstream, base_key: dict | None, run):
     return produced, ""
 
 
-def conversion_key(step_key: dict | None, **validation) -> str | None:
+def conversion_key(step_key: dict, **validation) -> str:
     """The key of a whole conversion: its steps' inputs plus what validation depends on."""
-    if step_key is None:
-        return None
     from zoo.runtimes import thread_budget
 
     fields = {**step_key, **validation, "host_cpu": host_cpu(), "threads": thread_budget(), "level": "conversion"}

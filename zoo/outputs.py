@@ -191,13 +191,14 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _tree_sha256(path: Path) -> str:
-    """A folder artifact (e.g. .mlpackage) hashed as the sha256 of its files' relative paths and hashes."""
+def tree_sha256(path: Path, hash_file: Callable[[Path], str] = sha256_file, skip: str = "") -> str:
+    """A folder (e.g. an .mlpackage) hashed as the sha256 of its files' relative paths and hashes;
+    files under a folder named `skip` are left out."""
     import hashlib
 
     digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    for file in sorted(p for p in path.rglob("*") if p.is_file() and not (skip and skip in p.parts)):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{hash_file(file)}\n".encode())
     return digest.hexdigest()
 
 
@@ -205,7 +206,7 @@ def file_entry(root: Path, name: str) -> dict:
     path = root / name
     if path.is_dir():
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-        return {"path": name, "sha256": _tree_sha256(path), "size": size, "kind": "directory"}
+        return {"path": name, "sha256": tree_sha256(path), "size": size, "kind": "directory"}
     return {"path": name, "sha256": sha256_file(path), "size": path.stat().st_size, "kind": "file"}
 
 

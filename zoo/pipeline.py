@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from zoo import __version__
-from zoo.cache import Cached, cache_root, cached_arrays
+from zoo.cache import Cached, cached_arrays
 from zoo.calibration import check_calibration_options
 from zoo.checkpoints import sha256_file
 from zoo.conversion_cache import conversion_key, model_files, restore_conversion, step_base_key, store_conversion
@@ -336,7 +336,7 @@ def convert(
 
 def _conversion_key(base_key, model, teacher, out_dir, evaluation, profile, validate, latency_runs) -> str | None:
     """Everything a conversion's report depends on (zoo.conversion_cache); None when the cache is off."""
-    if base_key is None or cache_root() is None:
+    if base_key is None:  # the cache is off, or the conversion cannot be keyed
         return None
     try:
         teacher_fields = (spec_to_manifest(teacher, out_dir), model_files(teacher)) if teacher else None

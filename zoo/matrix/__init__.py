@@ -181,7 +181,7 @@ def _output_dirs(outputs: Path) -> list[tuple[str, str]]:
 
 
 def _selection(models, targets, tier, outputs, convert, registry_paths):
-    """(registry, all targets, models, targets) the user asked for, every name checked."""
+    """(all targets, models, targets) the user asked for, every name checked."""
     from zoo.converters import missing_steps
     from zoo.registry import load_registry
     from zoo.targets import load_targets
@@ -214,7 +214,7 @@ def _selection(models, targets, tier, outputs, convert, registry_paths):
             from zoo.errors import unknown_name
 
             raise unknown_name("target", t, all_targets)
-    return registry, all_targets, models, targets
+    return all_targets, models, targets
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -245,7 +245,7 @@ def plan(
     the `--shard` argument its job passes and the cells it will convert."""
     if shards < 1:
         raise UsageError(f"--shards must be at least 1, not {shards}")
-    _, _, models, targets = _selection(models, targets, tier, Path("out"), True, registry_paths)
+    _, models, targets = _selection(models, targets, tier, Path("out"), True, registry_paths)
     cells = [(m, t) for m in models for t in targets]
     include = []
     for k in range(1, shards + 1):
@@ -308,7 +308,7 @@ def collect(
         raise UsageError(f"--executor must be one of {', '.join(EXECUTORS)}, not {executor!r}")
     if jobs < 1:
         raise UsageError(f"--jobs must be at least 1, not {jobs}")
-    registry, all_targets, models, targets = _selection(models, targets, tier, outputs, convert, registry_paths)
+    all_targets, models, targets = _selection(models, targets, tier, outputs, convert, registry_paths)
     if eval_path is not None:
         from zoo.evalset import load_evaluation_set
 

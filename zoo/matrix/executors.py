@@ -145,8 +145,7 @@ def run_ray(jobs: list[CellJob], workers: int, address: str | None) -> Iterable:
             include_dashboard=False,
             log_to_driver=False,
             logging_level="ERROR",
-            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("ZOO_")}},
-        )
+        )  # each task applies the caller's ZOO_* settings itself (CellJob.env)
     try:
         cpus = max(1, jobs[0].threads) if jobs else 1
         remote = ray.remote(num_cpus=cpus, max_retries=0)(run_cell)
