@@ -11,7 +11,7 @@ from conftest import tiny_spec
 from zoo import cache
 from zoo.checkpoints import sha256_file
 from zoo.cli import main
-from zoo.matrix import collect, merge
+from zoo.matrix import collect, executors, merge
 from zoo.pipeline import convert
 from zoo.registry import load_registry
 
@@ -201,6 +201,11 @@ def test_process_executor_matches_local_and_isolates_a_crash(tmp_path, write_reg
     )
     kwargs = dict(targets=["server"], convert=True, registry_paths=[registry], latency_runs=20)
     local = collect(models=["tiny_vit"], outputs=tmp_path / "a", **kwargs)
+    started = []
+    with monkeypatch.context() as patch:
+        patch.setitem(executors.RUNNERS, "process", lambda jobs, *a: started.extend(jobs) or iter(()))
+        warm = collect(models=["tiny_vit"], outputs=tmp_path / "a", jobs=2, **kwargs)
+    assert started == [] and warm.cell("tiny_vit", "server").cached  # restored here: no worker spawned
     monkeypatch.setenv("ZOO_CACHE", "off")  # the workers do the work again
     both = collect(models=["tiny_vit", "crasher"], outputs=tmp_path / "b", jobs=2, **kwargs)
     crashed = both.cell("crasher", "server")

@@ -236,11 +236,13 @@ def convert(
     calibration_count: int | None = None,
     eval_path: Path | None = None,
     progress: Progress = QUIET,
-) -> Outcome:
+    cached_only: bool = False,
+) -> Outcome | None:
     """Convert a registered model for a target, validate every artifact, write outputs atomically.
     `eval_path`: the evaluation set teacher parity and the product rules run on (default: the model's
     `eval_set`, its teacher's, else the built-in reference task). Steps and whole conversions whose
-    inputs did not change come from the cache (zoo.conversion_cache; `ZOO_CACHE=off` turns it off)."""
+    inputs did not change come from the cache (zoo.conversion_cache; `ZOO_CACHE=off` turns it off).
+    `cached_only`: return the cached conversion, or None (nothing written) when there is none."""
     started = time.perf_counter()
     model, target, teacher, registry = _resolve(model_name, target_name, registry)
     steps = [get_converter(step, target.name) for step in target.chain]  # unknown steps fail before any work
@@ -264,6 +266,8 @@ def convert(
         cached = _cached_conversion(key, out_dir, progress)
         if cached is not None:
             return cached
+    if cached_only:
+        return None
     evaluation = evaluation or reference_evaluation_set()
 
     timings: dict[str, float] = {}

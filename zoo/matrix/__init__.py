@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -343,6 +344,8 @@ def collect(
                 "or pass --convert)",
                 out_dir=str(out_dir),
             )
+    if to_convert and executor != "local":
+        to_convert = _restore_cached(to_convert, cells, outputs, registry_paths, eval_path, progress)
     if to_convert:
         progress.say(
             f"converting {len(to_convert)} cell(s) on the {executor} executor"
@@ -356,6 +359,29 @@ def collect(
     kept_models = [m for m in models if any(k[0] == m for k in cells)]
     kept_targets = [t for t in targets if any(k[1] == t for k in cells)]
     return Matrix(tuple(kept_models), tuple(kept_targets), tuple(cells[k] for k in wanted))
+
+
+def _restore_cached(jobs, cells, outputs, registry_paths, eval_path, progress) -> list:
+    """Cells the cache holds are restored here, in this process, before any worker is started (a
+    worker costs seconds to spawn and import); the jobs left are the ones to convert."""
+    if os.environ.get("ZOO_CACHE", "").lower() == "off":
+        return jobs
+    from zoo.registry import load_registry
+
+    registry = load_registry([Path(p) for p in registry_paths])
+    left = []
+    for job in jobs:
+        start = time.perf_counter()
+        cell = _convert_cell(job.model, job.target, outputs, registry, job.latency_runs, QUIET, eval_path, True)
+        if cell is None or cell.state == "error":  # not cached; an error is the worker's to report
+            left.append(job)
+            continue
+        cell = replace(
+            cell, seconds=round(time.perf_counter() - start, 3), out_dir=_relative_out(cell.out_dir, outputs)
+        )
+        cells[(job.model, job.target)] = cell
+        progress.say(f"{job.model} → {job.target}: {cell.label} (from the cache, {cell.seconds:.1f} s)")
+    return left
 
 
 def _str(path: Path | None) -> str | None:
@@ -372,7 +398,8 @@ def _relative_out(out_dir: str, outputs: Path) -> str:
         return out_dir
 
 
-def _convert_cell(model, target, outputs, registry, latency_runs, progress, eval_path=None) -> Cell:
+def _convert_cell(model, target, outputs, registry, latency_runs, progress, eval_path=None, cached_only=False):
+    """The cell converted and validated; with `cached_only`, the cached conversion or None."""
     from zoo.pipeline import convert
 
     try:
@@ -385,12 +412,15 @@ def _convert_cell(model, target, outputs, registry, latency_runs, progress, eval
                 latency_runs=latency_runs,
                 eval_path=eval_path,
                 progress=progress,
+                cached_only=cached_only,
             )
     except ZooError as exc:
         detail = f"{type(exc).__name__}: {exc}" + (f" (hint: {exc.hint})" if exc.hint else "")
         return Cell(model, target, "error", detail=detail)
     except Exception as exc:  # a crash in one cell must not hide the others; it counts as a failure
         return Cell(model, target, "error", detail=f"unexpected {type(exc).__name__}: {exc}")
+    if outcome is None:
+        return None
     cell = read_cell(outcome.out_dir, model, target, converted=True)
     return replace(cell, cached=outcome.report.info.get("cache", ""))
 
