@@ -41,7 +41,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("cov_mobilevitv2", "openvino-int8"): "openvino_to_int8 failed",
     ("cov_mobilevitv2", "ios"): "pixel_shuffle",
     ("cov_mobilevitv2", "hailo8l"): "Expand at node",
-    ("cov_swin", "hailo8l"): "Shape at node",
 }
 
 

@@ -267,3 +267,25 @@ embedding_space = "planted-16"
     assert "CumSum at node '/backbone/CumSum'" in err and "Sign at node '/backbone/Sign'" in err
     assert "hint: they sit inside the network" in err
     assert not (tmp_path / "out" / "planted" / "hailo8l").exists()  # nothing half-written under the final name
+
+
+@pytest.mark.parametrize(
+    ("layout", "axes", "refused"),
+    [("nhwc", [1, 2], False), ("nchw", [2, 3], False), ("nchw", [1, 2], True), ("nhwc", [3], False)],
+)
+def test_preflight_reads_a_mean_in_its_own_layout(layout, axes, refused):
+    """A channels-last tensor (Swin, ConvNeXt blocks: NCHW → NHWC, LayerNorm over channels) pools over
+    axes 1, 2; the same axes of an NCHW tensor are channels and height, which the DFC cannot pool."""
+    gamma, beta = _const("gamma", np.ones(3)), _const("beta", np.zeros(3))
+    nodes = [helper.make_node("Relu", ["images"], ["r"], name="stem")]
+    if layout == "nhwc":
+        nodes += [
+            helper.make_node("Transpose", ["r"], ["t"], name="to_nhwc", perm=[0, 2, 3, 1]),
+            helper.make_node("LayerNormalization", ["t", "gamma", "beta"], ["n"], name="norm", axis=-1),
+            helper.make_node("Add", ["n", "n"], ["x"], name="residual"),
+        ]
+    else:
+        nodes.append(helper.make_node("Identity", ["r"], ["x"], name="same"))
+    nodes.append(helper.make_node("ReduceMean", ["x"], ["y"], name="pool", axes=axes, keepdims=0))
+    report = preflight(_graph(nodes, [gamma, beta] if layout == "nhwc" else []))
+    assert [f.op_type for f in report.unsupported] == (["ReduceMean"] if refused else [])

@@ -46,6 +46,7 @@ def host_l2_variant(torch_model):
 class TorchToHailoOnnx(TorchToOnnx):
     name = "torch_to_hailo_onnx"
     extra = "hailo"
+    fold_static_shapes = True  # the DFC refuses Shape/Mod: a batch-1 export must have none left
 
     def preflight(self, ctx: ConvertContext, upstream: Artifact | None) -> list[str]:
         problems = super().preflight(ctx, upstream)

@@ -29,6 +29,7 @@ SIMPLIFY_MIN_COSINE = 0.999999
 class TorchToOnnx:
     name = "torch_to_onnx"
     extra = "onnx"
+    fold_static_shapes = False  # a second onnxslim pass over data-propagated shapes (static exports)
 
     def preflight(self, ctx: ConvertContext, upstream: Artifact | None) -> list[str]:
         require("onnx", self.extra)
@@ -111,6 +112,10 @@ class TorchToOnnx:
             return model
         with contextlib.redirect_stdout(io.StringIO()):
             slim = onnxslim.slim(model)
+            if self.fold_static_shapes:
+                # with every shape propagated as data, the Shape → Gather → Mod … arithmetic of a
+                # static export (window partitions, patch grids) becomes constants a second pass folds
+                slim = onnxslim.slim(require("onnx", self.extra).shape_inference.infer_shapes(slim, data_prop=True))
         before = _ort_run(model, ctx.sample_inputs)
         after = _ort_run(slim, ctx.sample_inputs)
         stats = parity_stats(before, after)

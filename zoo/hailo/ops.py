@@ -162,7 +162,28 @@ def _attr(node, name: str, default=None):
     return default
 
 
-def _condition_problem(node, constants: set[str], ranks: dict[str, int]) -> str | None:
+_LAYOUT_KEEPING = {"Add", "Sub", "Mul", "Div", "Relu", "Gelu", "Sigmoid", "Identity", "Erf"}
+
+
+def _channels_last(name: str, producers: dict) -> bool:
+    """Whether a rank-4 tensor is NHWC: it comes (through elementwise ops) from a LayerNormalization
+    over its last axis — a norm is over channels — or a Transpose NCHW → NHWC (Swin's, ConvNeXt's
+    channels-last blocks)."""
+    seen = set()
+    while name in producers and name not in seen:
+        seen.add(name)
+        node = producers[name]
+        if node.op_type == "LayerNormalization":
+            return _attr(node, "axis", -1) in (-1, 3)
+        if node.op_type == "Transpose":
+            return list(_attr(node, "perm", [])) == [0, 2, 3, 1]
+        if node.op_type not in _LAYOUT_KEEPING:
+            return False
+        name = node.input[0]
+    return False
+
+
+def _condition_problem(node, constants: set[str], ranks: dict[str, int], producers: dict) -> str | None:
     """None when the node meets the condition of its table entry, else why not."""
     op = node.op_type
     if op == "Div" and not _is_constant(node.input[1], constants):
@@ -180,11 +201,14 @@ def _condition_problem(node, constants: set[str], ranks: dict[str, int]) -> str 
             return "computed axes"
         if axes is not None and rank:
             norm = sorted(a % rank for a in axes)
-            spatial = rank == 4 and set(norm) <= {2, 3}
+            spatial_axes = {1, 2} if rank == 4 and _channels_last(node.input[0], producers) else {2, 3}
+            spatial = rank == 4 and set(norm) <= spatial_axes
             last = norm == [rank - 1]
             if not (spatial or last):
                 return (
-                    f"reduces over axes {norm} of a rank-{rank} tensor; only spatial or last-axis means are supported"
+                    f"reduces over axes {norm} of a rank-{rank} "
+                    f"{'NHWC' if spatial_axes == {1, 2} else 'NCHW'} tensor; only spatial or last-axis means are "
+                    "supported"
                 )
     return None
 
@@ -230,6 +254,7 @@ def preflight(model) -> PreflightReport:
 
     findings: list[Finding] = []
     counts: dict[str, int] = {}
+    tensor_producers = {o: n for n in graph.node for o in n.output}
     for index, node in enumerate(graph.node):
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
         name = _node_name(node, index)
@@ -242,7 +267,7 @@ def preflight(model) -> PreflightReport:
         elif node.op_type not in SUPPORTED_OPS:
             findings.append(Finding(name, node.op_type, "not in the DFC op table"))
         else:
-            why = _condition_problem(node, constants, ranks)
+            why = _condition_problem(node, constants, ranks, tensor_producers)
             if why:
                 findings.append(Finding(name, node.op_type, why))
 
