@@ -372,6 +372,31 @@ CASES.update(
         ),
         "flatten2d": (lambda x: mb.flatten2d(x=x, axis=2), lambda x: x.reshape(12, 5), [A]),
         "stack": (lambda x, y: mb.stack(values=(x, y), axis=1), lambda x, y: np.stack([x, y], 1), [A, P]),
+        "pixel_shuffle": (
+            lambda x: mb.pixel_shuffle(x=x, upscale_factor=2),
+            lambda x: F.pixel_shuffle(t(x), 2).numpy(),
+            [rand(2, 8, 3, 5)],
+        ),
+        "pixel_unshuffle": (
+            lambda x: mb.pixel_unshuffle(x=x, downscale_factor=np.uint32(2)),
+            lambda x: F.pixel_unshuffle(t(x), 2).numpy(),
+            [rand(2, 3, 6, 4)],
+        ),
+        "upsample_bilinear_half_pixel": (
+            lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2.0, scale_factor_width=3.0, align_corners=False),
+            lambda x: F.interpolate(t(x), scale_factor=(2, 3), mode="bilinear", align_corners=False).numpy(),
+            [X4],
+        ),
+        "upsample_bilinear_align_corners": (
+            lambda x: mb.upsample_bilinear(x=x, scale_factor_height=2.0, scale_factor_width=2.0, align_corners=True),
+            lambda x: F.interpolate(t(x), scale_factor=2, mode="bilinear", align_corners=True).numpy(),
+            [X4],
+        ),
+        "upsample_nearest": (
+            lambda x: mb.upsample_nearest_neighbor(x=x, scale_factor_height=2, scale_factor_width=3),
+            lambda x: F.interpolate(t(x), scale_factor=(2, 3), mode="nearest").numpy(),
+            [X4],
+        ),
         "gather_along_axis": (
             lambda x: mb.gather_along_axis(x=x, indices=IDX, axis=1),
             lambda x: np.take_along_axis(x, IDX, 1),
@@ -598,3 +623,25 @@ def test_coremltools_is_imported_lazily_and_its_absence_is_explained(monkeypatch
     monkeypatch.setitem(sys.modules, "coremltools", None)
     with pytest.raises(ImportError, match=r"pip install 'zoo\[coreml\]'"):
         load_program(tmp_path)
+
+
+class _Grn(torch.nn.Module):
+    """ConvNeXt-V2's global response norm ends in addcmul, which coremltools 9 has no converter for."""
+
+    def forward(self, x):
+        gx = x.norm(p=2, dim=(2, 3), keepdim=True)
+        nx = gx / (gx.mean(dim=1, keepdim=True) + 1e-6)
+        return torch.addcmul(x, x, nx, value=0.5)
+
+
+def test_zoo_registers_addcmul_and_it_converts_exactly(tmp_path):
+    from zoo.converters.coreml_torch_ops import register_missing_ops
+
+    register_missing_ops()
+    assert register_missing_ops() == []  # once only; a converter coremltools has is never replaced
+    x = rand(2, 4, 6, 6)
+    traced = torch.jit.trace(_Grn().eval(), t(x[:1]))
+    path = _convert(traced, tmp_path / "grn.mlpackage", (2, 4, 6, 6), "fp32")
+    got = CoreMLEmulatedSession(path).run(x)
+    want = _Grn()(t(x)).detach().numpy().reshape(2, -1)  # the session returns (batch, features)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -21,12 +21,10 @@ PARITY = "parity vs source"
 # coverage table); int8 parity figures depend on the CPU's int8 kernels, so a VNNI host may differ
 KNOWN: dict[tuple[str, str], str] = {
     ("cov_convnextv2", "openvino-int8"): PARITY,
-    ("cov_convnextv2", "ios"): "PyTorch convert function for op 'addcmul' not implemented",
     ("cov_convnextv2", "hailo8l"): "ReduceL2 at node",
     ("cov_deit", "hailo8l"): PARITY,
     ("cov_dinov3", "hailo8l"): "Neg at node",
     ("cov_edgenext", "hailo8l"): "ReduceL2 at node",
-    ("cov_efficientformerv2", "ios"): "upsample_bilinear",
     ("cov_efficientvit", "tflite-int8"): "Pad output dimension overflowed",
     ("cov_efficientvit", "hailo8l"): "Div at node",
     ("cov_fastvit", "android-int8"): PARITY,
@@ -39,7 +37,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("cov_mobilevitv2", "tflite"): "litert-torch",
     ("cov_mobilevitv2", "tflite-int8"): "litert-torch",
     ("cov_mobilevitv2", "openvino-int8"): "openvino_to_int8 failed",
-    ("cov_mobilevitv2", "ios"): "pixel_shuffle",
     ("cov_mobilevitv2", "hailo8l"): "Expand at node",
 }
 

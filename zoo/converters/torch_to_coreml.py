@@ -94,7 +94,11 @@ class CoreMLOptions:
 
 def _coremltools():
     logging.getLogger("coremltools").setLevel(logging.ERROR)  # off macOS it warns on import
-    return require("coremltools", "coreml")
+    ct = require("coremltools", "coreml")
+    from zoo.converters.coreml_torch_ops import register_missing_ops
+
+    register_missing_ops()
+    return ct
 
 
 @contextlib.contextmanager

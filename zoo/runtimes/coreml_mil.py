@@ -461,6 +461,60 @@ def _constexpr_cast(source_val, output_dtype):
     return _cast(source_val, output_dtype)
 
 
+def _pixel_shuffle(x, upscale_factor):
+    n, c, h, w = x.shape
+    f = int(upscale_factor)
+    y = x.reshape(n, c // (f * f), f, f, h, w).transpose(0, 1, 4, 2, 5, 3)
+    return y.reshape(n, c // (f * f), h * f, w * f)
+
+
+def _pixel_unshuffle(x, downscale_factor):
+    n, c, h, w = x.shape
+    f = int(downscale_factor)
+    y = x.reshape(n, c, h // f, f, w // f, f).transpose(0, 1, 3, 5, 2, 4)
+    return y.reshape(n, c * f * f, h // f, w // f)
+
+
+def _source_coords(size_in: int, size_out: int, scale: float, align_corners: bool, half_pixel: bool):
+    """Where each output pixel samples the input, on one axis (MIL's three sampling modes)."""
+    dst = np.arange(size_out, dtype=np.float64)
+    if align_corners:
+        src = dst * ((size_in - 1) / (size_out - 1) if size_out > 1 else 0.0)
+    elif half_pixel:
+        src = (dst + 0.5) / scale - 0.5
+    else:
+        src = dst / scale
+    return np.clip(src, 0.0, size_in - 1)
+
+
+def _interpolate_axis(x, axis: int, src):
+    low = np.floor(src).astype(np.int64)
+    high = np.minimum(low + 1, x.shape[axis] - 1)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    weight = (src - low).reshape(shape).astype(x.dtype)
+    return np.take(x, low, axis) * (1 - weight) + np.take(x, high, axis) * weight
+
+
+def _upsample_bilinear(
+    x, scale_factor_height=1.0, scale_factor_width=1.0, align_corners=False, half_pixel_centers=None
+):
+    half_pixel = (not align_corners) if half_pixel_centers is None else bool(half_pixel_centers)
+    for axis, scale in ((-2, float(scale_factor_height)), (-1, float(scale_factor_width))):
+        size_in = x.shape[axis]
+        src = _source_coords(size_in, int(np.floor(size_in * scale)), scale, bool(align_corners), half_pixel)
+        x = _interpolate_axis(x, x.ndim + axis, src)
+    return x
+
+
+def _upsample_nearest_neighbor(x, scale_factor_height=1, scale_factor_width=1):
+    for axis, scale in ((-2, float(scale_factor_height)), (-1, float(scale_factor_width))):
+        size_in = x.shape[axis]
+        index = np.floor(np.arange(int(np.floor(size_in * scale))) / scale).astype(np.int64)
+        x = np.take(x, np.minimum(index, size_in - 1), x.ndim + axis)
+    return x
+
+
 def _unary(fn: Callable) -> Callable:
     def op(x):
         return fn(x)
@@ -565,6 +619,10 @@ OPS: dict[str, Callable[..., Any]] = {
     "linear_activation": _linear_activation,
     "scaled_tanh": _scaled_tanh,
     "clip": _clip,
+    "pixel_shuffle": _pixel_shuffle,
+    "pixel_unshuffle": _pixel_unshuffle,
+    "upsample_bilinear": _upsample_bilinear,
+    "upsample_nearest_neighbor": _upsample_nearest_neighbor,
     # elementwise unary
     "identity": _unary(lambda x: x),
     "abs": _unary(np.abs),
