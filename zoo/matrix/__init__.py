@@ -12,6 +12,7 @@ A cell is one model × target: `pass` (its report's verdict; checks not run stay
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -372,7 +373,8 @@ def _restore_cached(jobs, cells, outputs, registry_paths, eval_path, progress) -
     left = []
     for job in jobs:
         start = time.perf_counter()
-        cell = _convert_cell(job.model, job.target, outputs, registry, job.latency_runs, QUIET, eval_path, True)
+        with _thread_budget(job.threads):  # part of the key: the worker would run with these threads
+            cell = _convert_cell(job.model, job.target, outputs, registry, job.latency_runs, QUIET, eval_path, True)
         if cell is None or cell.state == "error":  # not cached; an error is the worker's to report
             left.append(job)
             continue
@@ -382,6 +384,22 @@ def _restore_cached(jobs, cells, outputs, registry_paths, eval_path, progress) -
         cells[(job.model, job.target)] = cell
         progress.say(f"{job.model} → {job.target}: {cell.label} (from the cache, {cell.seconds:.1f} s)")
     return left
+
+
+@contextlib.contextmanager
+def _thread_budget(threads: int):
+    from zoo.runtimes import THREADS_ENV
+
+    before = os.environ.get(THREADS_ENV)
+    if threads > 0:
+        os.environ[THREADS_ENV] = str(threads)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = before
 
 
 def _str(path: Path | None) -> str | None:

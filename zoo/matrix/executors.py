@@ -96,9 +96,28 @@ def run_local(jobs: list[CellJob], workers: int, address: str | None) -> Iterabl
         yield job, run_cell(job)
 
 
+def cell_log(job: CellJob) -> Path:
+    """Where a worker's own stdout/stderr go (toolchain chatter, a native crash's last words): a
+    hidden folder of --outputs, which the matrix never reads as a model."""
+    return Path(job.outputs) / ".logs" / f"{job.model}--{job.target}.log"
+
+
 def _child(job: CellJob, conn) -> None:
+    log = cell_log(job)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:  # the terminal keeps zoo's own progress lines only
+        os.dup2(out.fileno(), 1)
+        os.dup2(out.fileno(), 2)
     conn.send(run_cell(job))
     conn.close()
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
 
 
 def run_processes(jobs: list[CellJob], workers: int, address: str | None) -> Iterable:
@@ -126,7 +145,13 @@ def run_processes(jobs: list[CellJob], workers: int, address: str | None) -> Ite
                 process.join()
                 code = process.exitcode
                 how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                cell = _crashed(job, f"its process died ({how}) before reporting: a native crash or out of memory")
+                said = _last_line(cell_log(job))
+                cell = _crashed(
+                    job,
+                    f"its process died ({how}) before reporting: a native crash or out of memory"
+                    + (f"; its last output: {said}" if said else "")
+                    + f" (whole output: {cell_log(job)})",
+                )
             process.join()
             receive.close()
             del running[sentinel]
