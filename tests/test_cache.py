@@ -200,7 +200,9 @@ def test_process_executor_matches_local_and_isolates_a_crash(tmp_path, write_reg
         'embedding_dim = 8\ninput_size = 32\nembedding_space = "x"\n'
     )
     kwargs = dict(targets=["server"], convert=True, registry_paths=[registry], latency_runs=20)
-    local = collect(models=["tiny_vit"], outputs=tmp_path / "a", **kwargs)
+    with monkeypatch.context() as patch:  # the thread budget is part of the key: the one of --jobs 2
+        patch.setenv("ZOO_THREADS", str(executors.threads_per_cell(2)))
+        local = collect(models=["tiny_vit"], outputs=tmp_path / "a", **kwargs)
     started = []
     with monkeypatch.context() as patch:
         patch.setitem(executors.RUNNERS, "process", lambda jobs, *a: started.extend(jobs) or iter(()))
