@@ -209,7 +209,8 @@ def test_process_executor_matches_local_and_isolates_a_crash(tmp_path, write_reg
         warm = collect(models=["tiny_vit"], outputs=tmp_path / "a", jobs=2, **kwargs)
     assert started == [] and warm.cell("tiny_vit", "server").cached  # restored here: no worker spawned
     monkeypatch.setenv("ZOO_CACHE", "off")  # the workers do the work again
-    both = collect(models=["tiny_vit", "crasher"], outputs=tmp_path / "b", jobs=2, **kwargs)
+    # one worker: the crash kills it, and a fresh one takes the next cell
+    both = collect(models=["crasher", "tiny_vit"], outputs=tmp_path / "b", executor="process", **kwargs)
     crashed = both.cell("crasher", "server")
     assert crashed.state == "error" and "killed by signal 9" in crashed.detail
     parallel = both.cell("tiny_vit", "server")

@@ -289,3 +289,26 @@ def test_preflight_reads_a_mean_in_its_own_layout(layout, axes, refused):
     nodes.append(helper.make_node("ReduceMean", ["x"], ["y"], name="pool", axes=axes, keepdims=0))
     report = preflight(_graph(nodes, [gamma, beta] if layout == "nhwc" else []))
     assert [f.op_type for f in report.unsupported] == (["ReduceMean"] if refused else [])
+
+
+def test_dfc_rewrites_spell_neg_and_reduce_l2_in_supported_ops_and_keep_the_numbers():
+    """Rotary embeddings' Neg and GRN's ReduceL2, rewritten exactly (zoo.hailo.rewrites)."""
+    import onnxruntime as ort
+
+    from zoo.hailo.rewrites import rewrite_for_dfc
+
+    nodes = [
+        helper.make_node("Neg", ["images"], ["n"], name="rotary/neg"),
+        helper.make_node("ReduceL2", ["n"], ["l2"], name="grn/norm", axes=[2, 3], keepdims=1),
+        helper.make_node("Add", ["n", "l2"], ["y"], name="grn/add"),
+    ]
+    model = _graph(nodes, [], outputs=("y",))
+    before = preflight(model)
+    assert sorted(f.op_type for f in before.unsupported) == ["Neg", "ReduceL2"]
+    rewritten, counts = rewrite_for_dfc(model)
+    assert counts == {"Neg": 1, "ReduceL2": 1}
+    assert preflight(rewritten).unsupported == ()
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString()).run(None, {"images": x})[0] for m in (model, rewritten)]
+    np.testing.assert_allclose(run[1], run[0], rtol=1e-6, atol=1e-6)
+    assert rewrite_for_dfc(rewritten)[1] == {}  # nothing left to rewrite

@@ -6,6 +6,8 @@
 - explicit attention: every timm module with a `fused_attn` flag is set to False before export (no
   fused scaled-dot-product op: the DFC maps attention from MatMul → Softmax → MatMul);
 - opset 17 with the legacy exporter and a static batch of 1 (the target's settings, checked here);
+  a second simplification over data-propagated shapes folds the export's shape arithmetic, and ops
+  the DFC does not take are spelled exactly in ops it does (zoo.hailo.rewrites: Neg, ReduceL2);
 - the input stays NCHW and normalized, as the source model takes it: mean/std move into the model
   script (zoo.hailo.model_script), so the compiled .hef takes NHWC uint8 pixels 0–255.
 
@@ -64,6 +66,15 @@ class TorchToHailoOnnx(TorchToOnnx):
                 "it with `normalize = false`"
             )
         return problems
+
+    def rewrite(self, ctx: ConvertContext, model):
+        """Ops the DFC does not take, spelled in ops it does (zoo.hailo.rewrites); the manifest says which."""
+        from zoo.hailo.rewrites import rewrite_for_dfc
+
+        model, counts = rewrite_for_dfc(model)
+        if counts:
+            ctx.records["dfc_rewrites"] = counts
+        return model
 
     def convert(self, ctx: ConvertContext, upstream: Artifact | None) -> list[Artifact]:
         host_l2 = bool(ctx.model.normalize)

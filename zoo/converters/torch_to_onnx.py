@@ -100,6 +100,10 @@ class TorchToOnnx:
             leftover.unlink()
         return model
 
+    def rewrite(self, ctx: ConvertContext, model):
+        """A target's exact graph rewrites after simplification (parity re-checked with it); none here."""
+        return model
+
     def _simplify(self, ctx: ConvertContext, model):
         """onnxslim, kept only if the simplified graph gives the same numbers on ONNX Runtime."""
         try:
@@ -116,6 +120,7 @@ class TorchToOnnx:
                 # with every shape propagated as data, the Shape → Gather → Mod … arithmetic of a
                 # static export (window partitions, patch grids) becomes constants a second pass folds
                 slim = onnxslim.slim(require("onnx", self.extra).shape_inference.infer_shapes(slim, data_prop=True))
+        slim = self.rewrite(ctx, slim)
         before = _ort_run(model, ctx.sample_inputs)
         after = _ort_run(slim, ctx.sample_inputs)
         stats = parity_stats(before, after)

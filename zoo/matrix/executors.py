@@ -7,7 +7,7 @@ kills its process, is that cell's error and never stops the others. Cells side b
 oversubscribe the machine.
 
 - `local`: in this process (jobs = 1).
-- `process`: `--jobs N` spawned worker processes on this machine.
+- `process`: `--jobs N` spawned worker processes on this machine, each taking cell after cell.
 - `ray`: Ray tasks on a cluster (`--address`), or on a local one started for the run. Ray schedules
   them; every node needs zoo installed and must see `--outputs` and the registries at the same paths
   (a shared filesystem), as any Ray job reading and writing files does.
@@ -102,14 +102,18 @@ def cell_log(job: CellJob) -> Path:
     return Path(job.outputs) / ".logs" / f"{job.model}--{job.target}.log"
 
 
-def _child(job: CellJob, conn) -> None:
-    log = cell_log(job)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:  # the terminal keeps zoo's own progress lines only
-        os.dup2(out.fileno(), 1)
-        os.dup2(out.fileno(), 2)
-    conn.send(run_cell(job))
-    conn.close()
+def _worker(conn) -> None:
+    """A worker process: cells one after another until told to stop (None)."""
+    while True:
+        job = conn.recv()
+        if job is None:
+            return
+        log = cell_log(job)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "wb") as out:  # the terminal keeps zoo's own progress lines only
+            os.dup2(out.fileno(), 1)
+            os.dup2(out.fileno(), 2)
+        conn.send(run_cell(job))
 
 
 def _last_line(path: Path) -> str:
@@ -120,42 +124,66 @@ def _last_line(path: Path) -> str:
     return lines[-1][:300] if lines else ""
 
 
+def _died(process, job: CellJob):
+    process.join()
+    code = process.exitcode
+    how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+    said = _last_line(cell_log(job))
+    return _crashed(
+        job,
+        f"its process died ({how}) before reporting: a native crash or out of memory"
+        + (f"; its last output: {said}" if said else "")
+        + f" (whole output: {cell_log(job)})",
+    )
+
+
 def run_processes(jobs: list[CellJob], workers: int, address: str | None) -> Iterable:
-    """Each cell in its own spawned process, at most `workers` at once: no state leaks from one cell
-    into the next, and a cell that kills its process (a native crash, out of memory) is that cell's
-    error, named with its exit signal."""
+    """Cells in `workers` spawned worker processes side by side. A worker takes one cell after
+    another (spawning and importing the toolchains costs seconds a cell would pay again); a cell
+    that kills its worker (a native crash, out of memory) is that cell's error, named with its
+    exit signal, and a fresh worker takes the next cell."""
     context = get_context("spawn")
     waiting = list(jobs)
-    running: dict = {}  # process sentinel → (process, job, receiving end)
-    while waiting or running:
+    running: dict = {}  # connection → (process, job it is converting)
+
+    def start(job: CellJob) -> None:
+        here, there = context.Pipe()
+        process = context.Process(target=_worker, args=(there,), daemon=True)
+        process.start()
+        there.close()
+        here.send(job)
+        running[here] = (process, job)
+
+    try:
         while waiting and len(running) < workers:
-            job = waiting.pop(0)
-            receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_child, args=(job, send), daemon=True)
-            process.start()
-            send.close()
-            running[process.sentinel] = (process, job, receive)
-        ready = wait([*running, *(r for _, _, r in running.values())])
-        for sentinel, (process, job, receive) in list(running.items()):
-            if receive not in ready and sentinel not in ready:
-                continue
-            try:
-                cell = receive.recv()
-            except (EOFError, OSError):
-                process.join()
-                code = process.exitcode
-                how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-                said = _last_line(cell_log(job))
-                cell = _crashed(
-                    job,
-                    f"its process died ({how}) before reporting: a native crash or out of memory"
-                    + (f"; its last output: {said}" if said else "")
-                    + f" (whole output: {cell_log(job)})",
-                )
-            process.join()
-            receive.close()
-            del running[sentinel]
-            yield job, cell
+            start(waiting.pop(0))
+        while running:
+            ready = set(wait([*running, *(p.sentinel for p, _ in running.values())]))
+            for conn, (process, job) in list(running.items()):
+                if conn not in ready and process.sentinel not in ready:
+                    continue
+                del running[conn]
+                try:
+                    cell = conn.recv()
+                except (EOFError, OSError):
+                    conn.close()
+                    yield job, _died(process, job)
+                    if waiting:
+                        start(waiting.pop(0))
+                    continue
+                if waiting:
+                    following = waiting.pop(0)
+                    conn.send(following)
+                    running[conn] = (process, following)
+                else:
+                    conn.send(None)
+                    process.join()
+                    conn.close()
+                yield job, cell
+    finally:
+        for conn, (process, _) in running.items():  # the caller stopped early: no orphans
+            process.kill()
+            conn.close()
 
 
 def run_ray(jobs: list[CellJob], workers: int, address: str | None) -> Iterable:
