@@ -205,10 +205,10 @@ def _condition_problem(node, constants: set[str], ranks: dict[str, int], produce
             spatial = rank == 4 and set(norm) <= spatial_axes
             last = norm == [rank - 1]
             if not (spatial or last):
+                layout = ("NHWC " if spatial_axes == {1, 2} else "NCHW ") if rank == 4 else ""
                 return (
-                    f"reduces over axes {norm} of a rank-{rank} "
-                    f"{'NHWC' if spatial_axes == {1, 2} else 'NCHW'} tensor; only spatial or last-axis means are "
-                    "supported"
+                    f"reduces over axes {norm} of a rank-{rank} {layout}tensor; only spatial or last-axis means "
+                    "are supported"
                 )
     return None
 
