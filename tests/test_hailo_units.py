@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from zoo.errors import ConversionError
@@ -312,3 +313,34 @@ def test_dfc_rewrites_spell_neg_and_reduce_l2_in_supported_ops_and_keep_the_numb
     run = [ort.InferenceSession(m.SerializeToString()).run(None, {"images": x})[0] for m in (model, rewritten)]
     np.testing.assert_allclose(run[1], run[0], rtol=1e-6, atol=1e-6)
     assert rewrite_for_dfc(rewritten)[1] == {}  # nothing left to rewrite
+
+
+class _Windows(torch.nn.Module):
+    """Window partition with its sizes read off the tensor, as Swin does: Shape/Gather/Mod arithmetic in
+    a traced export, which the DFC refuses."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        pad = (2 - w % 2) % 2
+        x = torch.nn.functional.pad(x, (0, pad))
+        x = x.reshape(b, c, h // 2, 2, (w + pad) // 2, 2)
+        return -x.mean(dim=(3, 5)).flatten(1)
+
+
+def test_hailo_simplification_folds_the_shape_arithmetic_of_a_static_export(tmp_path):
+    import io
+    import types
+
+    import onnx
+
+    from zoo.converters.torch_to_hailo_onnx import TorchToHailoOnnx
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    buffer = io.BytesIO()
+    torch.onnx.export(_Windows(), torch.from_numpy(x), buffer, opset_version=17, dynamo=False)
+    exported = onnx.load_from_string(buffer.getvalue())
+    assert {"Shape", "Neg"} <= {n.op_type for n in exported.graph.node}
+    ctx = types.SimpleNamespace(checks=[], records={}, sample_inputs=x)
+    slim = TorchToHailoOnnx()._simplify(ctx, exported)
+    assert not {"Shape", "Mod", "Neg"} & {n.op_type for n in slim.graph.node}
+    assert ctx.checks[0].status is Status.PASS and ctx.records["dfc_rewrites"] == {"Neg": 1}
