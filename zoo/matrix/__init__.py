@@ -365,9 +365,11 @@ def collect(
 def _restore_cached(jobs, cells, outputs, registry_paths, eval_path, progress) -> list:
     """Cells the cache holds are restored here, in this process, before any worker is started (a
     worker costs seconds to spawn and import); the jobs left are the ones to convert."""
-    if os.environ.get("ZOO_CACHE", "").lower() == "off":
-        return jobs
+    from zoo.cache import cache_root
     from zoo.registry import load_registry
+
+    if cache_root() is None:  # the cache is off: every cell is the workers'
+        return jobs
 
     registry = load_registry([Path(p) for p in registry_paths])
     left = []
