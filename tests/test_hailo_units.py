@@ -344,3 +344,28 @@ def test_hailo_simplification_folds_the_shape_arithmetic_of_a_static_export(tmp_
     slim = TorchToHailoOnnx()._simplify(ctx, exported)
     assert not {"Shape", "Mod", "Neg"} & {n.op_type for n in slim.graph.node}
     assert ctx.checks[0].status is Status.PASS and ctx.records["dfc_rewrites"] == {"Neg": 1}
+
+
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_a_token_mean_is_rewritten_as_a_global_pool(keepdims):
+    """LeViT's and DINOv3's head: a mean over the N tokens of (1, N, C), which the DFC takes only as a
+    spatial pool; a mean over channels (the last axis) is supported as it is and left alone."""
+    import onnxruntime as ort
+
+    from zoo.hailo.rewrites import rewrite_for_dfc
+
+    nodes = [
+        helper.make_node("Reshape", ["images", "tokens"], ["t"], name="to_tokens"),
+        helper.make_node("ReduceMean", ["t"], ["y"], name="head/pool", axes=[1], keepdims=keepdims),
+        helper.make_node("ReduceMean", ["t"], ["z"], name="channel_mean", axes=[-1], keepdims=1),
+    ]
+    tokens = numpy_helper.from_array(np.asarray([1, 3 * 8, 8], np.int64), "tokens")  # (1, N=24, C=8)
+    model = _graph(nodes, [tokens], outputs=("y", "z"))
+    assert [f.node for f in preflight(model).unsupported] == ["head/pool"]
+    rewritten, counts = rewrite_for_dfc(model)
+    assert counts == {"ReduceMean": 1} and preflight(rewritten).unsupported == ()
+    x = np.random.default_rng(1).standard_normal((1, 3, 8, 8)).astype(np.float32)
+    run = [ort.InferenceSession(m.SerializeToString()).run(None, {"images": x}) for m in (model, rewritten)]
+    for before, after in zip(*run, strict=True):
+        assert before.shape == after.shape
+        np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)

@@ -7,7 +7,8 @@
   fused scaled-dot-product op: the DFC maps attention from MatMul → Softmax → MatMul);
 - opset 17 with the legacy exporter and a static batch of 1 (the target's settings, checked here);
   a second simplification over data-propagated shapes folds the export's shape arithmetic, and ops
-  the DFC does not take are spelled exactly in ops it does (zoo.hailo.rewrites: Neg, ReduceL2);
+  the DFC does not take are spelled exactly in ops it does (zoo.hailo.rewrites: Neg, ReduceL2, a
+  mean over tokens);
 - the input stays NCHW and normalized, as the source model takes it: mean/std move into the model
   script (zoo.hailo.model_script), so the compiled .hef takes NHWC uint8 pixels 0–255.
 

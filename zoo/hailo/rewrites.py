@@ -2,39 +2,106 @@
 
 Each is the op's own definition in supported ops, so the numbers do not move beyond float rounding
 (torch_to_hailo_onnx re-checks parity on ONNX Runtime after them, with onnxslim's pass):
-  - Neg(x)              → Mul(x, −1)                      (rotary embeddings' rotate-half)
-  - ReduceL2(x, axes)   → Pow(ReduceSum(Mul(x, x), axes), ½)   (ConvNeXt-V2's and EdgeNeXt's GRN)
+  - Neg(x)                → Mul(x, −1)                              (rotary embeddings' rotate-half)
+  - ReduceL2(x, axes)     → Pow(ReduceSum(Mul(x, x), axes), ½)      (ConvNeXt-V2's and EdgeNeXt's GRN)
+  - ReduceMean over the tokens of a (1, N, C) tensor → Transpose to (1, C, N), Unsqueeze to (1, C, 1, N),
+    a spatial ReduceMean, Reshape to the original output: the token mean as the global average pool
+    the DFC takes (LeViT's and DINOv3's pooled head)
+A rewrite that does not apply to a node (another rank, axes given as an input) leaves it as it is.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
-def _constant(onnx, name: str, value: float, like_dtype: int):
+
+@dataclass(frozen=True)
+class Tensor:
+    """What a rewrite knows of the node's first input (from ONNX shape inference)."""
+
+    dtype: int
+    shape: tuple[int | None, ...] | None
+
+
+def _constant(onnx, name: str, value, dtype: int):
     import numpy as np
 
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(like_dtype) if like_dtype else np.float32
-    return onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name)  # a scalar, or the axes
+    return onnx.numpy_helper.from_array(
+        np.asarray(value, dtype=onnx.helper.tensor_dtype_to_np_dtype(dtype or onnx.TensorProto.FLOAT)), name
+    )
 
 
-def _neg(onnx, node, add_init, dtype):
-    minus_one = add_init(f"{node.name or node.output[0]}/minus_one", -1.0, dtype)
+def _attrs(onnx, node) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _neg(onnx, node, add_init, x: Tensor):
+    minus_one = add_init(f"{node.name or node.output[0]}/minus_one", -1.0, x.dtype)
     return [onnx.helper.make_node("Mul", [node.input[0], minus_one], list(node.output), name=f"{node.name}/as_mul")]
 
 
-def _reduce_l2(onnx, node, add_init, dtype):
+def _reduce_l2(onnx, node, add_init, x: Tensor):
     base = node.name or node.output[0]
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    attrs = _attrs(onnx, node)
     inputs = [f"{base}/square_output"] + list(node.input[1:])  # opset 18+: axes already an input
     if "axes" in attrs:  # ReduceL2 ≤ 17 has axes as an attribute, ReduceSum ≥ 13 takes them as an input
         inputs.append(add_init(f"{base}/axes", attrs.pop("axes"), onnx.TensorProto.INT64))
     squared = onnx.helper.make_node("Mul", [node.input[0], node.input[0]], [inputs[0]], name=f"{base}/square")
     summed = onnx.helper.make_node("ReduceSum", inputs, [f"{base}/sum_output"], name=f"{base}/sum", **attrs)
-    half = add_init(f"{base}/half", 0.5, dtype)
+    half = add_init(f"{base}/half", 0.5, x.dtype)
     root = onnx.helper.make_node("Pow", [f"{base}/sum_output", half], list(node.output), name=f"{base}/sqrt")
     return [squared, summed, root]
 
 
-REWRITES = {"Neg": _neg, "ReduceL2": _reduce_l2}
+def _token_mean(onnx, node, add_init, x: Tensor):
+    attrs = _attrs(onnx, node)
+    shape = x.shape
+    if len(node.input) > 1 or shape is None or len(shape) != 3 or None in shape or shape[0] != 1:
+        return None
+    if sorted(a % 3 for a in attrs.get("axes", [])) != [1]:
+        return None
+    _, _, channels = shape
+    keep = bool(attrs.get("keepdims", 1))
+    base = node.name or node.output[0]
+    make = onnx.helper.make_node
+    return [
+        make("Transpose", [node.input[0]], [f"{base}/tokens_last"], name=f"{base}/to_channels_first", perm=[0, 2, 1]),
+        make(
+            "Unsqueeze",
+            [f"{base}/tokens_last", add_init(f"{base}/row_axis", [2], onnx.TensorProto.INT64)],
+            [f"{base}/as_image"],
+            name=f"{base}/as_image",
+        ),
+        make("ReduceMean", [f"{base}/as_image"], [f"{base}/pooled"], name=f"{base}/pool", axes=[2, 3], keepdims=1),
+        make(
+            "Reshape",
+            [
+                f"{base}/pooled",
+                add_init(f"{base}/shape", [1, 1, channels] if keep else [1, channels], onnx.TensorProto.INT64),
+            ],
+            list(node.output),
+            name=f"{base}/as_before",
+        ),
+    ]
+
+
+REWRITES = {"Neg": _neg, "ReduceL2": _reduce_l2, "ReduceMean": _token_mean}
+
+
+def _inputs(onnx, model) -> dict[str, Tensor]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    known: dict[str, Tensor] = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        t = vi.type.tensor_type
+        dims = (
+            tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+            if t.HasField("shape")
+            else None
+        )
+        known[vi.name] = Tensor(t.elem_type, dims)
+    for init in model.graph.initializer:
+        known[init.name] = Tensor(init.data_type, tuple(init.dims))
+    return known
 
 
 def rewrite_for_dfc(model) -> tuple[object, dict[str, int]]:
@@ -45,22 +112,22 @@ def rewrite_for_dfc(model) -> tuple[object, dict[str, int]]:
     graph = model.graph
     if not any(n.op_type in REWRITES for n in graph.node):
         return model, {}
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    dtypes = {vi.name: vi.type.tensor_type.elem_type for vi in [*inferred.graph.value_info, *inferred.graph.input]}
-    dtypes |= {init.name: init.data_type for init in graph.initializer}
+    tensors = _inputs(onnx, model)
+
+    def add_init(name, value, dtype):
+        graph.initializer.append(_constant(onnx, name, value, dtype))
+        return name
+
     counts: dict[str, int] = {}
     nodes = []
     for node in graph.node:
         rewrite = REWRITES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        if rewrite is None:
+        x = tensors.get(node.input[0], Tensor(onnx.TensorProto.FLOAT, None)) if node.input else None
+        replaced = rewrite(onnx, node, add_init, x) if rewrite and x else None
+        if replaced is None:
             nodes.append(node)
             continue
-
-        def add_init(name, value, dtype):
-            graph.initializer.append(_constant(onnx, name, value, dtype))
-            return name
-
-        nodes += rewrite(onnx, node, add_init, dtypes.get(node.input[0], onnx.TensorProto.FLOAT))
+        nodes += replaced
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     del graph.node[:]
     graph.node.extend(nodes)
