@@ -99,6 +99,33 @@ FUSED_ATTENTION_OPS = frozenset(
 
 
 @dataclass(frozen=True)
+class TensorType:
+    """A tensor's element type and shape as ONNX shape inference gives them (None: unknown)."""
+
+    dtype: int
+    shape: tuple[int | None, ...] | None
+
+
+def tensor_types(model) -> dict[str, TensorType]:
+    """Every named tensor of the graph (inputs, outputs, intermediates, initializers) → its type."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
+    types: dict[str, TensorType] = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        t = vi.type.tensor_type
+        shape = (
+            tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+            if t.HasField("shape")
+            else None
+        )
+        types[vi.name] = TensorType(t.elem_type, shape)
+    for init in model.graph.initializer:
+        types[init.name] = TensorType(init.data_type, tuple(init.dims))
+    return types
+
+
+@dataclass(frozen=True)
 class Finding:
     """One node the DFC is not known to take."""
 
@@ -153,7 +180,7 @@ def _node_name(node, index: int) -> str:
     return node.name or f"#{index} ({node.op_type})"
 
 
-def _attr(node, name: str, default=None):
+def node_attribute(node, name: str, default=None):
     import onnx
 
     for a in node.attribute:
@@ -174,9 +201,9 @@ def _channels_last(name: str, producers: dict) -> bool:
         seen.add(name)
         node = producers[name]
         if node.op_type == "LayerNormalization":
-            return _attr(node, "axis", -1) in (-1, 3)
+            return node_attribute(node, "axis", -1) in (-1, 3)
         if node.op_type == "Transpose":
-            return list(_attr(node, "perm", [])) == [0, 2, 3, 1]
+            return list(node_attribute(node, "perm", [])) == [0, 2, 3, 1]
         if node.op_type not in _LAYOUT_KEEPING:
             return False
         name = node.input[0]
@@ -193,7 +220,7 @@ def _condition_problem(node, constants: set[str], ranks: dict[str, int], produce
     if op == "Pow" and not _is_constant(node.input[1], constants):
         return "computed exponent"
     if op == "ReduceMean":
-        axes = _attr(node, "axes")
+        axes = node_attribute(node, "axes")
         if axes is None and len(node.input) > 1:
             axes = "computed" if not _is_constant(node.input[1], constants) else None
         rank = ranks.get(node.input[0])
@@ -215,17 +242,11 @@ def _condition_problem(node, constants: set[str], ranks: dict[str, int], produce
 
 def preflight(model) -> PreflightReport:
     """Check an onnx.ModelProto against the DFC op table and the graph rules of the hailo8l target."""
-    import onnx
 
     graph = model.graph
     constants = {init.name for init in graph.initializer}
     constants |= {o for n in graph.node if n.op_type == "Constant" for o in n.output}
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    ranks: dict[str, int] = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            ranks[vi.name] = len(t.shape.dim)
+    ranks = {name: len(t.shape) for name, t in tensor_types(model).items() if t.shape is not None}
 
     problems: list[str] = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)

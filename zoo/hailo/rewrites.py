@@ -12,15 +12,7 @@ A rewrite that does not apply to a node (another rank, axes given as an input) l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Tensor:
-    """What a rewrite knows of the node's first input (from ONNX shape inference)."""
-
-    dtype: int
-    shape: tuple[int | None, ...] | None
+from zoo.hailo.ops import TensorType, node_attribute, tensor_types
 
 
 def _constant(onnx, name: str, value, dtype: int):
@@ -35,12 +27,13 @@ def _attrs(onnx, node) -> dict:
     return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _neg(onnx, node, add_init, x: Tensor):
-    minus_one = add_init(f"{node.name or node.output[0]}/minus_one", -1.0, x.dtype)
-    return [onnx.helper.make_node("Mul", [node.input[0], minus_one], list(node.output), name=f"{node.name}/as_mul")]
+def _neg(onnx, node, add_init, x: TensorType):
+    base = node.name or node.output[0]
+    minus_one = add_init(f"{base}/minus_one", -1.0, x.dtype)
+    return [onnx.helper.make_node("Mul", [node.input[0], minus_one], list(node.output), name=f"{base}/as_mul")]
 
 
-def _reduce_l2(onnx, node, add_init, x: Tensor):
+def _reduce_l2(onnx, node, add_init, x: TensorType):
     base = node.name or node.output[0]
     attrs = _attrs(onnx, node)
     inputs = [f"{base}/square_output"] + list(node.input[1:])  # opset 18+: axes already an input
@@ -53,15 +46,14 @@ def _reduce_l2(onnx, node, add_init, x: Tensor):
     return [squared, summed, root]
 
 
-def _token_mean(onnx, node, add_init, x: Tensor):
-    attrs = _attrs(onnx, node)
+def _token_mean(onnx, node, add_init, x: TensorType):
     shape = x.shape
     if len(node.input) > 1 or shape is None or len(shape) != 3 or None in shape or shape[0] != 1:
         return None
-    if sorted(a % 3 for a in attrs.get("axes", [])) != [1]:
+    if sorted(a % 3 for a in node_attribute(node, "axes", [])) != [1]:
         return None
     _, _, channels = shape
-    keep = bool(attrs.get("keepdims", 1))
+    keep = bool(node_attribute(node, "keepdims", 1))
     base = node.name or node.output[0]
     make = onnx.helper.make_node
     return [
@@ -88,22 +80,6 @@ def _token_mean(onnx, node, add_init, x: Tensor):
 REWRITES = {"Neg": _neg, "ReduceL2": _reduce_l2, "ReduceMean": _token_mean}
 
 
-def _inputs(onnx, model) -> dict[str, Tensor]:
-    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    known: dict[str, Tensor] = {}
-    for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
-        t = vi.type.tensor_type
-        dims = (
-            tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-            if t.HasField("shape")
-            else None
-        )
-        known[vi.name] = Tensor(t.elem_type, dims)
-    for init in model.graph.initializer:
-        known[init.name] = Tensor(init.data_type, tuple(init.dims))
-    return known
-
-
 def rewrite_for_dfc(model) -> tuple[object, dict[str, int]]:
     """(a copy of `model` with every rewritable op replaced, op type → how many were rewritten)."""
     import onnx
@@ -112,7 +88,7 @@ def rewrite_for_dfc(model) -> tuple[object, dict[str, int]]:
     graph = model.graph
     if not any(n.op_type in REWRITES for n in graph.node):
         return model, {}
-    tensors = _inputs(onnx, model)
+    tensors = tensor_types(model)
 
     def add_init(name, value, dtype):
         graph.initializer.append(_constant(onnx, name, value, dtype))
@@ -122,7 +98,7 @@ def rewrite_for_dfc(model) -> tuple[object, dict[str, int]]:
     nodes = []
     for node in graph.node:
         rewrite = REWRITES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-        x = tensors.get(node.input[0], Tensor(onnx.TensorProto.FLOAT, None)) if node.input else None
+        x = tensors.get(node.input[0], TensorType(onnx.TensorProto.FLOAT, None)) if node.input else None
         replaced = rewrite(onnx, node, add_init, x) if rewrite and x else None
         if replaced is None:
             nodes.append(node)
