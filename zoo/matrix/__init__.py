@@ -12,7 +12,6 @@ A cell is one model × target: `pass` (its report's verdict; checks not run stay
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -303,6 +302,7 @@ def collect(
     else a `missing` cell."""
     from zoo.converters import missing_steps
     from zoo.matrix.executors import EXECUTORS, RUNNERS, CellJob, threads_per_cell
+    from zoo.runtimes import THREADS_ENV
 
     outputs = Path(outputs)
     executor = executor or ("process" if jobs > 1 else "local")
@@ -322,7 +322,7 @@ def collect(
     cells: dict[tuple[str, str], Cell] = {}
     to_convert = []
     threads = threads_per_cell(jobs)
-    env = tuple((k, v) for k, v in os.environ.items() if k.startswith("ZOO_") and k != "ZOO_THREADS")
+    env = tuple((k, v) for k, v in os.environ.items() if k.startswith("ZOO_") and k != THREADS_ENV)
     for model, target in wanted:
         out_dir = outputs / model / target
         if convert:
@@ -366,6 +366,7 @@ def _restore_cached(jobs, cells, outputs, registry_paths, eval_path, progress) -
     """Cells the cache holds are restored here, in this process, before any worker is started (a
     worker costs seconds to spawn and import); the jobs left are the ones to convert."""
     from zoo.cache import cache_root
+    from zoo.matrix.executors import thread_budget_of
     from zoo.registry import load_registry
 
     if cache_root() is None:  # the cache is off: every cell is the workers'
@@ -375,7 +376,7 @@ def _restore_cached(jobs, cells, outputs, registry_paths, eval_path, progress) -
     left = []
     for job in jobs:
         start = time.perf_counter()
-        with _thread_budget(job.threads):  # part of the key: the worker would run with these threads
+        with thread_budget_of(job.threads):  # part of the key: the worker would run with these threads
             cell = _convert_cell(job.model, job.target, outputs, registry, job.latency_runs, QUIET, eval_path, True)
         if cell is None or cell.state == "error":  # not cached; an error is the worker's to report
             left.append(job)
@@ -386,22 +387,6 @@ def _restore_cached(jobs, cells, outputs, registry_paths, eval_path, progress) -
         cells[(job.model, job.target)] = cell
         progress.say(f"{job.model} → {job.target}: {cell.label} (from the cache, {cell.seconds:.1f} s)")
     return left
-
-
-@contextlib.contextmanager
-def _thread_budget(threads: int):
-    from zoo.runtimes import THREADS_ENV
-
-    before = os.environ.get(THREADS_ENV)
-    if threads > 0:
-        os.environ[THREADS_ENV] = str(threads)
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(THREADS_ENV, None)
-        else:
-            os.environ[THREADS_ENV] = before
 
 
 def _str(path: Path | None) -> str | None:

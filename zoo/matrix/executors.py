@@ -15,6 +15,7 @@ oversubscribe the machine.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -22,6 +23,8 @@ from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from multiprocessing.connection import wait
 from pathlib import Path
+
+from zoo.runtimes import THREADS_ENV
 
 EXECUTORS = ("local", "process", "ray")
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -43,11 +46,27 @@ def threads_per_cell(jobs: int) -> int:
     return 0 if jobs <= 1 else max(1, (os.cpu_count() or 1) // jobs)
 
 
+@contextlib.contextmanager
+def thread_budget_of(threads: int):
+    """`$ZOO_THREADS` as a cell with `threads` threads sees it, for the block only (a cache lookup made
+    on the worker's behalf); torch and the runtimes' pools are left as they are."""
+    before = os.environ.get(THREADS_ENV)
+    if threads > 0:
+        os.environ[THREADS_ENV] = str(threads)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = before
+
+
 def limit_threads(threads: int) -> None:
     """Give this process `threads` threads for torch and every runtime (before they start their pools)."""
     if threads <= 0:
         return
-    os.environ["ZOO_THREADS"] = str(threads)
+    os.environ[THREADS_ENV] = str(threads)
     for var in _THREAD_VARS:
         os.environ[var] = str(threads)
     try:
