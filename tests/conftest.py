@@ -69,3 +69,41 @@ def tiny_spec(name: str = "m", **overrides):
     )
     fields.update(overrides)
     return spec_from_dict(name, fields)
+
+
+CHECKPOINTED_TEACHER = """
+[models.{name}]
+role = "teacher"
+architecture = "timm:test_convnext"
+input_size = 64
+head = [16]
+embedding_dim = 16
+embedding_space = "{name}-16"
+checkpoint = {{ path = "{path}", sha256 = "{sha}" }}
+"""
+
+
+def teacher_block(name: str, checkpoint: Path) -> str:
+    """The registry block of tiny teacher `name` whose weights are the file `checkpoint`."""
+    from zoo.checkpoints import sha256_file
+
+    return CHECKPOINTED_TEACHER.format(name=name, path=checkpoint, sha=sha256_file(checkpoint))
+
+
+def checkpointed_teacher(folder: Path, name: str, seed: int | None = None) -> str:
+    """A tiny teacher with its own checkpoint (FOLDER/NAME.safetensors), as a registry block; with
+    `seed`, its weights are nudged by seeded noise, so teachers made with different seeds differ."""
+    import torch
+
+    from zoo.distillation import save_weights
+    from zoo.models import build_model
+
+    net = build_model(tiny_spec(name, architecture="timm:test_convnext", embedding_space=f"{name}-16"))
+    if seed is not None:
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p) * 0.01)
+    path = Path(folder) / f"{name}.safetensors"
+    save_weights(net, path)
+    return teacher_block(name, path)

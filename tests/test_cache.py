@@ -6,7 +6,7 @@ import os
 import threading
 
 import pytest
-from conftest import tiny_spec
+from conftest import checkpointed_teacher, teacher_block
 
 from zoo import cache
 from zoo.checkpoints import sha256_file
@@ -15,34 +15,10 @@ from zoo.matrix import collect, executors, merge
 from zoo.pipeline import convert
 from zoo.registry import load_registry
 
-MODEL = """
-[models.{name}]
-role = "teacher"
-architecture = "timm:test_convnext"
-input_size = 64
-head = [16]
-embedding_dim = 16
-embedding_space = "{name}-16"
-checkpoint = {{ path = "{path}", sha256 = "{sha}" }}
-"""
-
 
 def _checkpointed(tmp_path, names=("ck_a", "ck_b"), seed=0):
     """A registry of trained tiny teachers (their own checkpoints), written to tmp_path."""
-    import torch
-
-    from zoo.distillation import save_weights
-    from zoo.models import build_model
-
-    text = ""
-    for i, name in enumerate(names):
-        net = build_model(tiny_spec(name, architecture="timm:test_convnext", embedding_space=f"{name}-16"))
-        torch.manual_seed(seed * 100 + i)
-        with torch.no_grad():
-            for p in net.parameters():
-                p.add_(torch.randn_like(p) * 0.01)
-        path = tmp_path / f"{name}.safetensors"
-        text += MODEL.format(name=name, path=path, sha=save_weights(net, path))
+    text = "".join(checkpointed_teacher(tmp_path, name, seed * 100 + i) for i, name in enumerate(names))
     registry = tmp_path / "reg.toml"
     registry.write_text(text)
     return registry
@@ -167,10 +143,7 @@ def test_changing_one_checkpoint_recomputes_exactly_that_models_cells(tmp_path):
 
     _checkpointed(tmp_path, names=("ck_a",), seed=7)  # new weights for ck_a only
     text = (tmp_path / "reg.toml").read_text()
-    registry.write_text(
-        text
-        + MODEL.format(name="ck_b", path=tmp_path / "ck_b.safetensors", sha=sha256_file(tmp_path / "ck_b.safetensors"))
-    )
+    registry.write_text(text + teacher_block("ck_b", tmp_path / "ck_b.safetensors"))
     changed = collect(models=["ck_a", "ck_b"], **kwargs)
     assert {(c.model, c.target): bool(c.cached) for c in changed.cells} == {
         ("ck_a", "server"): False,

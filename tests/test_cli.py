@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import tiny_spec
+from conftest import checkpointed_teacher
 
 from zoo.cli import main
 
@@ -58,31 +58,15 @@ def test_target_without_converter_is_one_clear_line(capsys, monkeypatch):
     assert "needs the converter step 'onnx_to_ort'" in err
 
 
-CKPT_MODEL = """
-[models.tiny_ck]
-role = "teacher"
-architecture = "timm:test_convnext"
-input_size = 64
-head = [16]
-embedding_dim = 16
-embedding_space = "ck-16"
-checkpoint = {{ path = "{path}", sha256 = "{sha}" }}
-"""
-
-
 def _checkpointed_registry(tmp_path, corrupt: bool):
-    from zoo.distillation import save_weights
-    from zoo.models import build_model
-
-    spec = tiny_spec("tiny_ck", architecture="timm:test_convnext", embedding_space="ck-16")
-    weights = tmp_path / "tiny_ck.safetensors"
-    sha = save_weights(build_model(spec), weights)
+    block = checkpointed_teacher(tmp_path, "tiny_ck")
     if corrupt:
+        weights = tmp_path / "tiny_ck.safetensors"
         data = bytearray(weights.read_bytes())
         data[200:220] = b"\0" * 20
         weights.write_bytes(bytes(data))
     registry = tmp_path / "reg.toml"
-    registry.write_text(CKPT_MODEL.format(path=weights, sha=sha))
+    registry.write_text(block)
     return registry
 
 
