@@ -107,21 +107,11 @@ def activation_ranges(src: Path, calibration: np.ndarray, batch: int = 1) -> dic
     onnx = require("onnx", "onnx")
     from onnx import TensorProto, helper
 
-    model = onnx.load(str(src))
-    inferred = onnx.shape_inference.infer_shapes(model)
-    floats = {
-        vi.name
-        for vi in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
-        if vi.type.tensor_type.elem_type == TensorProto.FLOAT
-    }
-    constants = {i.name for i in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    existing = {o.name for o in model.graph.output}
-    names = [t for n in model.graph.node for t in n.output if t in floats and t not in constants]
-    names = [model.graph.input[0].name, *dict.fromkeys(names)]
-    for name in names:
-        if name not in existing:
-            model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    from zoo.runtimes.onnxruntime import float_activations, with_outputs
+
+    source = onnx.load(str(src))
+    names = float_activations(source)
+    model = with_outputs(source, names)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])

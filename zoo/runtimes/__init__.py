@@ -58,6 +58,22 @@ class SessionBase:
         """The artifact resized to batch n, or None when it cannot be (the default)."""
         return None
 
+    def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """{tensor name: value} of every intermediate float tensor for the images x, batch first, in the
+        artifact's execution order (what `zoo diagnose` pairs with the source model's modules). Empty by
+        default: the runtime cannot expose them."""
+        return {}
+
+    def reference_twin(self) -> SessionBase | None:
+        """The same artifact computed in float32, where the runtime can (an fp16 program run unrounded):
+        what a diagnosis pairs the source model's modules on. None by default."""
+        return None
+
+    def producers(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """{tensor name: (the node that computes it, that node's input tensors)} in the artifact's own
+        names — the graph a diagnosis walks to find the nodes inside a module. Empty by default."""
+        return {}
+
 
 class Runtime(Protocol):
     name: str

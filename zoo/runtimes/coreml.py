@@ -138,6 +138,16 @@ class EmulatedImageSession(SessionBase):
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(_pixels(np.asarray(x, np.float32), self.mean, self.std))
 
+    def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self.session.intermediates(_pixels(np.asarray(x, np.float32), self.mean, self.std))
+
+    def producers(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        return self.session.producers()
+
+    def reference_twin(self):
+        twin = self.session.reference_twin()
+        return None if twin is None else EmulatedImageSession(twin, self.mean, self.std)
+
 
 def open_emulated(path: Path):
     """The numpy execution of a saved ML Program; an op the executor lacks is an error naming it."""

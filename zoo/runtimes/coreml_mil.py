@@ -765,7 +765,8 @@ class MilExecutor:
             return value.astype(np.float32)
         return value
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray], every_op: bool = False) -> dict[str, np.ndarray]:
+        """The program's outputs; with every_op, every op result as well (by MIL variable name)."""
         env = dict(self._consts)
         for name, var in self.function.inputs.items():
             if name not in inputs:
@@ -788,6 +789,14 @@ class MilExecutor:
             results = result if isinstance(result, tuple) else (result,)
             for var, value in zip(op.outputs, results):
                 env[var.name] = self._store(var, value)
+        if every_op:
+            return {
+                var.name: env[var.name]
+                for op in self._ops
+                if op.op_type != "const"
+                for var in op.outputs
+                if isinstance(env.get(var.name), np.ndarray) and np.issubdtype(env[var.name].dtype, np.floating)
+            }
         return {var.name: env[var.name] for var in self.function.outputs}
 
 
@@ -828,6 +837,27 @@ class CoreMLEmulatedSession(SessionBase):
             # fixed batch-1 model: one sample at a time
             return np.concatenate([self._run(x[i : i + 1]) for i in range(x.shape[0])])
         return self._run(x)
+
+    def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every op's result, one sample at a time (the executor runs op by op anyway)."""
+        from zoo.runtimes.onnxruntime import batch_first
+
+        runs = []
+        for i in range(len(x)):
+            values = self.executor.run({self.input_name: np.asarray(x[i : i + 1], np.float32)}, every_op=True)
+            runs.append({n: v.astype(np.float32) for n, v in values.items() if v.ndim and v.shape[0] == 1})
+        return batch_first(runs)
+
+    def reference_twin(self):
+        return CoreMLEmulatedSession(self.path, emulate_fp16=False) if self.uses_fp16 and self.emulate_fp16 else None
+
+    def producers(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        table = {}
+        for op in self.executor._ops:
+            inputs = tuple(v.name for var in op.inputs.values() for v in (var if isinstance(var, (list, tuple)) else [var]))
+            for var in op.outputs:
+                table[var.name] = (op.name, inputs)
+        return table
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         out = self.executor.run({self.input_name: x})[self.output_name]

@@ -67,11 +67,26 @@ class EmulatedSession(SessionBase):
         self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self._session.get_inputs()[0].name
         self.output_name = self._session.get_outputs()[0].name
+        self.path, self._options, self._taps = Path(path), options, None
 
     def run(self, x: np.ndarray) -> np.ndarray:
         pixels = to_pixels(x, self.mean, self.std)  # the model's uint8 input quantizer clips and rounds
         out = self._session.run([self.output_name], {self.input_name: pixels})[0]
         return out.reshape(len(x), -1).astype(np.float32)
+
+    def _tapped(self):
+        if self._taps is None:
+            from zoo.runtimes.onnxruntime import OnnxTaps
+
+            model = require("onnx", "onnx").load(str(self.path))
+            self._taps = OnnxTaps(model, self._options, lambda x: to_pixels(x, self.mean, self.std), self.batch)
+        return self._taps
+
+    def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return self._tapped().run(x)
+
+    def producers(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        return self._tapped().producers
 
 
 class HailoInt8Emulation(RuntimeBase):

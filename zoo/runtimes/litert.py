@@ -52,6 +52,44 @@ class LiteRtSession(SessionBase):
             y = (y.astype(np.float32) - zero) * scale
         return np.array(y, dtype=np.float32)
 
+    def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every float (or dequantized int8) tensor, from an interpreter that keeps them all (LiteRT's
+        experimental_preserve_all_tensors), one sample at a time; NHWC tensors stay NHWC."""
+        interpreter_module = require("ai_edge_litert.interpreter", EXTRA)
+        tapped = interpreter_module.Interpreter(
+            model_path=str(self.path), num_threads=self._threads, experimental_preserve_all_tensors=True
+        )
+        tapped.allocate_tensors()
+        details = [d for d in tapped.get_tensor_details() if d["index"] != self._input["index"]]
+        runs = []
+        for i in range(0, len(x), self.batch or 1):
+            chunk = np.asarray(x[i : i + (self.batch or 1)], np.float32)
+            feed = chunk.transpose(0, 2, 3, 1) if self.layout == "NHWC" else chunk
+            dtype = self._input["dtype"]
+            if dtype != np.float32:
+                scale, zero = self._input["quantization"]
+                info = np.iinfo(dtype)
+                feed = np.clip(np.round(feed / scale + zero), info.min, info.max).astype(dtype)
+            tapped.set_tensor(self._input["index"], np.ascontiguousarray(feed))
+            tapped.invoke()
+            values = {}
+            for d in details:
+                try:
+                    value = tapped.get_tensor(d["index"])
+                except ValueError:  # a tensor with no data (e.g. a scratch buffer)
+                    continue
+                scale, zero = d["quantization"]
+                if value.dtype in (np.int8, np.uint8, np.int16) and scale:
+                    value = (value.astype(np.float32) - zero) * scale
+                elif value.dtype not in (np.float32, np.float16):
+                    continue
+                if value.ndim and value.shape[0] == len(chunk):
+                    values[d["name"] or f"tensor_{d['index']}"] = np.array(value, np.float32)
+            runs.append(values)
+        from zoo.runtimes.onnxruntime import batch_first
+
+        return batch_first(runs)
+
     def with_batch(self, n: int):
         """The artifact resized to batch n, or None when its graph fixes the batch (reshapes to 1)."""
         try:

@@ -53,6 +53,47 @@ class OpenVinoSession(SessionBase):
         result = self._request.infer({0: np.ascontiguousarray(x, np.float32)})
         return np.asarray(result[self._compiled.output(0)], dtype=np.float32)
 
+    def _tensor_name(self, output) -> str:
+        names = output.get_names()
+        return sorted(names)[0] if names else f"{output.get_node().get_friendly_name()}:{output.get_index()}"
+
+    def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every float op output added to the model as a result, compiled with the parity configuration."""
+        model = self._core.read_model(str(self.path))
+        taps = []
+        for op in model.get_ordered_ops():
+            if op.get_type_name() in ("Constant", "Result"):
+                continue
+            for output in op.outputs():
+                if output.get_element_type().is_real():
+                    taps.append((self._tensor_name(output), output))
+        model.add_outputs([o for _, o in taps])
+        compiled = self._core.compile_model(model, "CPU", self.config)
+        step = self.batch or len(x)
+        runs = []
+        for i in range(0, len(x), step):
+            result = compiled.create_infer_request().infer({0: np.ascontiguousarray(x[i : i + step], np.float32)})
+            by_name = {}
+            for out, value in result.items():
+                for name in out.get_names():
+                    by_name[name] = value
+            chunk = len(x[i : i + step])
+            runs.append(
+                {n: np.asarray(by_name[n]) for n, _ in taps if n in by_name and np.ndim(by_name[n]) and len(by_name[n]) == chunk}
+            )
+        from zoo.runtimes.onnxruntime import batch_first
+
+        return batch_first(runs)
+
+    def producers(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        model = self._core.read_model(str(self.path))
+        table = {}
+        for op in model.get_ordered_ops():
+            inputs = tuple(self._tensor_name(i.get_source_output()) for i in op.inputs())
+            for output in op.outputs():
+                table[self._tensor_name(output)] = (op.get_friendly_name(), inputs)
+        return table
+
     def latency_variants(self) -> dict:
         """The artifact at the plugin's default inference precision (what an untuned deployment gets)."""
         if self.config == DEFAULT_CONFIG:

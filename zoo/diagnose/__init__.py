@@ -1,0 +1,237 @@
+"""Where parity breaks: a layer-by-layer divergence report, named in the source model's module paths.
+
+`zoo diagnose OUTPUT_DIR` (and every conversion whose parity vs source fails) runs the source model
+with a hook on each module and the artifact with its intermediate tensors exposed (each runtime's
+`SessionBase.intermediates`: ONNX Runtime, OpenVINO, LiteRT, zoo's Core ML and Hailo emulations),
+pairs them by value (zoo.diagnose.pairing), and reports per layer the cosine and relative error on
+the parity inputs where the artifact did worst, the layer where the error starts, and the layers
+that add most of it. `zoo diagnose --suggest` re-quantizes an int8 artifact with those layers left
+in float (the model's `float_modules` knob) and measures what that buys (zoo.diagnose.suggest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from zoo.diagnose.layers import Layer, first_jump, layer_table, top_contributors
+from zoo.diagnose.pairing import module_taps, pair
+from zoo.fidelity import Fidelity
+from zoo.validators.metrics import cosine_rows
+
+# pairing on the artifact itself (no fp32 twin): its own divergence must not hide a layer
+SELF_MATCH_COSINE, SELF_MATCH_ERROR = 0.9, 0.5
+DEFAULT_INPUTS = 4
+
+
+@dataclass
+class Diagnosis:
+    artifact: str
+    runtime: str
+    fidelity: Fidelity
+    inputs: list[str]  # the parity inputs compared (the artifact's worst first)
+    paired_on: str  # the fp32 artifact the modules were paired on
+    modules: int  # module calls in the source model
+    layers: list[Layer]
+    start: int | None  # index of the layer where the divergence starts
+    top: list[int]  # indices of the layers adding most error
+    final_cosine_min: float  # the artifact's own output vs the source's, on these inputs
+    tapped_final_cosine_min: float | None  # the same with the intermediate tensors exposed
+    unmapped: str = ""  # what could not be mapped, in words
+    suggestions: list[dict] = field(default_factory=list)
+
+    @property
+    def start_module(self) -> str | None:
+        return None if self.start is None else self.layers[self.start].module
+
+    def to_dict(self) -> dict:
+        return {
+            "artifact": self.artifact,
+            "runtime": self.runtime,
+            "fidelity": str(self.fidelity),
+            "inputs": self.inputs,
+            "paired_on": self.paired_on,
+            "source_module_calls": self.modules,
+            "paired_layers": len(self.layers),
+            "unmapped": self.unmapped,
+            "divergence_starts_at": self.start_module,
+            "top_contributors": [self.layers[i].module for i in self.top],
+            "final_cosine_min": self.final_cosine_min,
+            "tapped_final_cosine_min": self.tapped_final_cosine_min,
+            "layers": [row.to_dict() for row in self.layers],
+            "suggestions": self.suggestions,
+        }
+
+    def summary(self) -> str:
+        if self.start is None:
+            return f"{self.artifact}: no layer adds error ({len(self.layers)} layers paired)"
+        row = self.layers[self.start]
+        return (
+            f"{self.artifact}: divergence starts at {row.module} (cosine {row.cosine_min:.4f}, relative error "
+            f"{row.relative_error:.4f}); top: {', '.join(self.layers[i].module for i in self.top[:3])}"
+        )
+
+    def to_markdown(self, rows: int = 12) -> str:
+        lines = [
+            f"### Divergence by layer: {self.artifact} ({self.runtime}, {self.fidelity})",
+            "",
+            f"- inputs: {len(self.inputs)} parity inputs where the artifact did worst ({', '.join(self.inputs)})",
+            f"- paired on {self.paired_on}: {len(self.layers)} of {self.modules} module calls "
+            f"paired with an artifact tensor{'; ' + self.unmapped if self.unmapped else ''}",
+            f"- final output vs source: min cosine {self.final_cosine_min:.6f}"
+            + (
+                f" (with every tensor exposed: {self.tapped_final_cosine_min:.6f})"
+                if self.tapped_final_cosine_min is not None
+                else ""
+            ),
+            f"- **divergence starts at `{self.start_module}`**" if self.start is not None else "- no layer adds error",
+            "",
+            "| # | module | cosine min | cosine mean | relative error | added | tensor |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        shown = sorted(set(self.top) | ({self.start} if self.start is not None else set()))
+        shown = shown or list(range(min(rows, len(self.layers))))
+        for i in shown[:rows]:
+            r = self.layers[i]
+            mark = " ← starts" if i == self.start else ""
+            lines.append(
+                f"| {i} | `{r.module}`{mark} | {r.cosine_min:.6f} | {r.cosine_mean:.6f} | {r.relative_error:.5f} "
+                f"| {r.added:.5f} | `{r.tensor}` |"
+            )
+        for s in self.suggestions:
+            lines += ["", f"- suggestion ({s['fidelity']}): {s['summary']}", f"  knob: `{s['knob']}`"]
+        return "\n".join(lines) + "\n"
+
+
+def fp32_twin(name: str, sessions: dict) -> str | None:
+    """The fp32 artifact an int8 one was quantized from (the quantizers keep its tensor names)."""
+    if "int8" not in name:
+        return None
+    for other in sessions:
+        if other != name and "int8" not in other and sessions[other] is not None:
+            return other
+    return None
+
+
+def diagnose_session(
+    name: str,
+    session,
+    runtime,
+    torch_model,
+    x: np.ndarray,
+    labels: list[str],
+    twin: tuple[str, object] | None = None,
+) -> Diagnosis:
+    """The per-layer table of one artifact's session on the inputs x (NCHW, as validation feeds it)."""
+    from zoo.runtimes import run_in_batches
+
+    taps, final = module_taps(torch_model, x)
+    exposed = session.intermediates(x)
+    reference_session = session.reference_twin()
+    if twin is not None:
+        paired_on, reference, bounds = twin[0], twin[1].intermediates(x), ()
+    elif reference_session is not None:
+        paired_on, reference, bounds = f"{name} computed in float32", reference_session.intermediates(x), ()
+    else:
+        paired_on, reference, bounds = f"{name} itself (no fp32 twin)", exposed, (SELF_MATCH_COSINE, SELF_MATCH_ERROR)
+    pairs = pair(taps, reference, *bounds)
+    rows = layer_table(taps, pairs, exposed)
+    out = run_in_batches(session, x).reshape(len(x), -1)
+    final = final.reshape(len(x), -1)
+    unmapped = []
+    if not exposed:
+        unmapped.append(f"{runtime.name} does not expose {name}'s intermediate tensors")
+    missing = len(pairs) - len(rows)
+    if missing:
+        unmapped.append(f"{missing} paired tensors are not in {name} (renamed or fused by its toolchain)")
+    tapped = None
+    if rows and exposed:
+        last = list(exposed.values())[-1]
+        if last.size == final.size:
+            tapped = round(float(cosine_rows(final, last.reshape(len(x), -1)).min()), 6)
+    return Diagnosis(
+        artifact=name,
+        runtime=runtime.name,
+        fidelity=runtime.fidelity,
+        inputs=list(labels),
+        paired_on=paired_on,
+        modules=len(taps),
+        layers=rows,
+        start=first_jump(rows),
+        top=top_contributors(rows),
+        final_cosine_min=round(float(cosine_rows(final, out).min()), 6),
+        tapped_final_cosine_min=tapped,
+        unmapped="; ".join(unmapped),
+    )
+
+
+def worst_inputs(per_sample_cosine: list[float] | None, total: int, count: int) -> list[int]:
+    """The indices of the `count` inputs the artifact did worst on (the first ones without figures)."""
+    if not per_sample_cosine or len(per_sample_cosine) != total:
+        return list(range(min(count, total)))
+    return sorted(np.argsort(np.asarray(per_sample_cosine))[:count].tolist())
+
+
+def model_modules(torch_model) -> set[str]:
+    return {name for name, _ in torch_model.named_modules() if name}
+
+
+def module_nodes(torch_model, x: np.ndarray, session, modules: list[str]) -> dict[str, list[str]]:
+    """{module path: the artifact's nodes that compute it} — a module's nodes are those its output
+    depends on that no tensor finished before the module started depends on. For `float_modules`:
+    a quantizer leaves these nodes in float."""
+    from zoo.errors import UsageError
+
+    known = model_modules(torch_model)
+    unknown = [m for m in modules if m not in known]
+    if unknown:
+        from difflib import get_close_matches
+
+        near = get_close_matches(unknown[0], sorted(known), n=1)
+        raise UsageError(
+            f"float_modules names {', '.join(unknown)}, which the model does not have",
+            hint=f"did you mean {near[0]!r}?" if near else "module paths as torch's named_modules() gives them",
+        )
+    taps, _ = module_taps(torch_model, x)
+    reference = session.intermediates(x)
+    producers = session.producers()
+    pairs = {p.module: p for p in pair(taps, reference)}
+    order = {t.module: i for i, t in enumerate(taps)}
+    result: dict[str, list[str]] = {}
+    for module in modules:
+        calls = [t for t in taps if t.module == module or t.module.startswith(module + "#")]
+        nodes: list[str] = []
+        for tap in calls:
+            paired = pairs.get(tap.module) or _deepest_paired(tap.module, taps, pairs, order)
+            if paired is None:
+                continue
+            before = {pairs[t.module].tensor for t in taps[: tap.started] if t.module in pairs}
+            for node in _nodes_between(producers, before, paired.tensor):
+                if node not in nodes:
+                    nodes.append(node)
+        result[module] = nodes
+    return result
+
+
+def _deepest_paired(module, taps, pairs, order):
+    """A module whose own output was left unpaired (it equals a child's): the last paired call inside it."""
+    inside = [t for t in taps if t.module.startswith(module + ".") and t.module in pairs]
+    return pairs[inside[-1].module] if inside else None
+
+
+def _nodes_between(producers: dict, stop: set[str], tensor: str) -> list[str]:
+    """The nodes `tensor` is computed by, walking back until a tensor in `stop` (or the graph's inputs)."""
+    seen, nodes, todo = set(), [], [tensor]
+    while todo:
+        t = todo.pop()
+        if t in seen or t in stop or t not in producers:
+            continue
+        seen.add(t)
+        node, inputs = producers[t]
+        if node not in nodes:
+            nodes.append(node)
+        todo.extend(inputs)
+    return nodes
+
+
