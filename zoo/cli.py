@@ -128,6 +128,20 @@ def cmd_validate(*, directory: Path, latency_runs: int, eval_set: Path | None, q
     return _report_exit(outcome.report)
 
 
+def cmd_diagnose(*, directory: Path, artifact: str | None, inputs: int, suggest: bool, quiet: bool) -> int:
+    from zoo.diagnose.run import diagnose_dir
+
+    diagnoses, passed = diagnose_dir(
+        directory, artifact=artifact, inputs=inputs, suggest=suggest, progress=Progress(enabled=not quiet)
+    )
+    for d in diagnoses:
+        verdict = {True: "parity vs source passed", False: "parity vs source FAILED", None: "no parity row"}
+        print(f"{d.artifact}: {verdict[passed.get(d.artifact)]}; {d.summary()}")
+        print(d.to_markdown())
+    print(f"per-layer tables: {Path(directory) / 'diagnosis.md'} (every layer), diagnosis.json, diagnosis.svg")
+    return 0
+
+
 def cmd_distill(
     *,
     teacher: str,
@@ -643,6 +657,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", type=Path)
     p.add_argument("--latency-runs", type=int, default=30)
     _add_eval_option(p, default_help="the set the manifest records")
+
+    p = sub.add_parser(
+        "diagnose", parents=[common], help="where an artifact's numbers leave the source model, layer by layer"
+    )
+    p.set_defaults(handler=cmd_diagnose)
+    p.add_argument("directory", type=Path, help="an output folder of zoo convert")
+    p.add_argument("--artifact", metavar="NAME", help="the artifact to diagnose (default: those whose parity failed)")
+    p.add_argument("--inputs", type=int, default=4, metavar="N", help="parity inputs to compare, the worst first")
+    p.add_argument(
+        "--suggest",
+        action="store_true",
+        help="re-quantize an int8 artifact with the worst layers in float and measure what it buys",
+    )
     _add_packaging_parsers(sub, common)
     _add_serving_parsers(sub, common)
     return parser

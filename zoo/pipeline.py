@@ -311,10 +311,12 @@ def convert(
         # rows only a conversion can make are kept in the manifest and carried into `zoo validate`
         conversion_checks = list(ctx.checks)
         checks: list[Check] = conversion_checks + inspect_artifacts(work, ctx.artifacts)
+        diagnoses: tuple = ()
         if validate:
             validation_started = time.perf_counter()
             refs = _references(model, teacher, x, labels, image_count, torch_model, evaluation, profile, progress)
-            checks += _validate(model, target, refs, work, ctx.artifacts, latency_runs, progress)
+            rows, diagnoses = _validate(model, target, refs, work, ctx.artifacts, latency_runs, progress, torch_model)
+            checks += rows
             timings["validation"] = round(time.perf_counter() - validation_started, 3)
         timings["total"] = round(time.perf_counter() - started, 3)
         report = Report(
@@ -326,6 +328,7 @@ def convert(
             validated=validate,
             info=_report_info(model, target, size, runtime if validate else None, x, evaluation, profile),
             timings=timings,
+            diagnoses=diagnoses,
         )
         manifest = _manifest(work, model, teacher, target, ctx.artifacts, size, ctx.records)
         manifest["conversion_checks"] = [c.to_dict() for c in conversion_checks]
@@ -404,13 +407,16 @@ def _references(model, teacher, x, labels, image_count, torch_model, evaluation,
     return References(x, tuple(labels), image_count, source, source_label, teacher_ref, reason)
 
 
-def _validate(model, target, refs: References, out_dir, artifacts, latency_runs, progress) -> list[Check]:
-    """Every artifact against the source model (real images + random inputs) and, where it means
-    something, against the teacher on the evaluation set under the acceptance profile."""
+def _validate(model, target, refs: References, out_dir, artifacts, latency_runs, progress, torch_model) -> tuple:
+    """(checks, diagnoses): every artifact against the source model (real images + random inputs) and,
+    where it means something, against the teacher on the evaluation set under the acceptance profile;
+    for each artifact whose parity vs source fails, where it breaks, layer by layer (zoo.diagnose)."""
+    from zoo.diagnose.run import diagnose_failures
+
     rows = [] if refs.teacher is None or refs.teacher.self_judged else [_separation_check(refs.teacher)]
-    return rows + validate_artifacts(
-        model, target, out_dir, artifacts, refs, latency_runs=latency_runs, progress=progress
-    )
+    rows += validate_artifacts(model, target, out_dir, artifacts, refs, latency_runs=latency_runs, progress=progress)
+    diagnoses, explained = diagnose_failures(model, target, out_dir, artifacts, refs, rows, torch_model, progress)
+    return rows + explained, diagnoses
 
 
 def _eval_record(evaluation: EvaluationSet, out_dir: Path) -> dict:
@@ -507,8 +513,8 @@ def validate_dir(
         return _validate_dir(out_dir, latency_runs, eval_path, progress)
 
 
-def _validate_dir(out_dir: Path, latency_runs: int, eval_path: Path | None, progress: Progress) -> Outcome:
-    manifest = read_manifest(out_dir)
+def artifacts_of(manifest: dict, out_dir: Path) -> tuple:
+    """(model, teacher, target, artifacts, input size) as an output folder's manifest records them."""
     try:
         size = int(manifest["input_size"])
         model = spec_from_manifest(manifest["model"], out_dir)
@@ -529,6 +535,19 @@ def _validate_dir(out_dir: Path, latency_runs: int, eval_path: Path | None, prog
         ]
     except (KeyError, TypeError) as exc:
         raise UsageError(f"{out_dir}/manifest.json is missing {exc}") from None
+    return model, teacher, target, artifacts, size
+
+
+def judging_of(manifest: dict, out_dir: Path, model, teacher, size: int) -> tuple[np.ndarray, list[str], int]:
+    """The parity inputs an output folder was judged on (its recorded evaluation set's images, or the
+    built-in photos), then the seeded random inputs: (inputs, labels, image count)."""
+    evaluation, _ = _recorded_judging(manifest, out_dir, None, model, teacher)
+    return _parity_inputs(size, model, evaluation)
+
+
+def _validate_dir(out_dir: Path, latency_runs: int, eval_path: Path | None, progress: Progress) -> Outcome:
+    manifest = read_manifest(out_dir)
+    model, teacher, target, artifacts, size = artifacts_of(manifest, out_dir)
     checks = [_integrity_check(out_dir, manifest)]
     origin = f"conversion of {manifest.get('converted_at') or 'unknown date'}"
     checks += [Check.from_dict(c).carried(origin) for c in manifest.get("conversion_checks", [])]
@@ -545,9 +564,11 @@ def _validate_dir(out_dir: Path, latency_runs: int, eval_path: Path | None, prog
         with progress.step(f"building {model.name} source model"):
             torch_model = build_model(model)
     x, labels, image_count = _parity_inputs(size, model, evaluation)
+    diagnoses = ()
     if intact:
         refs = _references(model, teacher, x, labels, image_count, torch_model, evaluation, profile, progress)
-        checks += _validate(model, target, refs, out_dir, artifacts, latency_runs, progress)
+        rows, diagnoses = _validate(model, target, refs, out_dir, artifacts, latency_runs, progress, torch_model)
+        checks += rows
     report = Report(
         model.name,
         target.name,
@@ -555,6 +576,7 @@ def _validate_dir(out_dir: Path, latency_runs: int, eval_path: Path | None, prog
         tuple(warnings),
         tuple(a.name for a in artifacts),
         info=_report_info(model, target, size, runtime, x, evaluation, profile),
+        diagnoses=diagnoses,
     )
     manifest["eval_set"] = _eval_record(evaluation, out_dir)
     manifest["acceptance_profile"] = profile.record()

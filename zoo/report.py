@@ -18,6 +18,8 @@ class Report:
     validated: bool = True
     info: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)  # wall seconds per step ("torch_to_onnx", "validation", "total")
+    # per-layer divergence of the artifacts whose parity vs source failed (zoo.diagnose.Diagnosis.to_dict)
+    diagnoses: tuple[dict, ...] = ()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -51,6 +53,7 @@ class Report:
             "info": self.info,
             "timings": self.timings,
             "checks": [c.to_dict() for c in self.checks],
+            "diagnosis": list(self.diagnoses),
         }
 
     def to_json(self) -> str:
@@ -67,6 +70,7 @@ class Report:
             validated=d.get("verdict") != "not validated",
             info=d.get("info", {}),
             timings=d.get("timings", {}),
+            diagnoses=tuple(d.get("diagnosis", ())),
         )
 
     @property
@@ -103,6 +107,12 @@ class Report:
                 f"| {ch.artifact or '—'} | {ch.name} | {value} | {ch.threshold or '—'} | {ch.fidelity.value} | "
                 f"{ch.status.value.upper()} | {ch.detail.replace('|', '/')} |"
             )
+        if self.diagnoses:
+            from zoo.diagnose import Diagnosis
+
+            lines += ["", "## Where parity breaks", ""]
+            for d in self.diagnoses:
+                lines.append(Diagnosis.from_dict(d).to_markdown())
         return "\n".join(lines) + "\n"
 
     def to_terminal(self) -> str:

@@ -105,7 +105,6 @@ def activation_ranges(src: Path, calibration: np.ndarray, batch: int = 1) -> dic
     adjusted as ORT's MinMax calibration adjusts them (base_quantizer.adjust_tensor_ranges)."""
     ort = require("onnxruntime", "onnx")
     onnx = require("onnx", "onnx")
-    from onnx import TensorProto, helper
 
     from zoo.runtimes.onnxruntime import float_activations, with_outputs
 

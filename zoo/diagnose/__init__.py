@@ -41,6 +41,26 @@ class Diagnosis:
     unmapped: str = ""  # what could not be mapped, in words
     suggestions: list[dict] = field(default_factory=list)
 
+    @classmethod
+    def from_dict(cls, d: dict) -> Diagnosis:
+        layers = [Layer(**{**r, "shape": tuple(r["shape"])}) for r in d["layers"]]
+        index = {r.module: i for i, r in enumerate(layers)}
+        return cls(
+            artifact=d["artifact"],
+            runtime=d["runtime"],
+            fidelity=Fidelity(d["fidelity"]),
+            inputs=list(d["inputs"]),
+            paired_on=d["paired_on"],
+            modules=d["source_module_calls"],
+            layers=layers,
+            start=index.get(d["divergence_starts_at"]),
+            top=[index[m] for m in d["top_contributors"] if m in index],
+            final_cosine_min=d["final_cosine_min"],
+            tapped_final_cosine_min=d.get("tapped_final_cosine_min"),
+            unmapped=d.get("unmapped", ""),
+            suggestions=list(d.get("suggestions", [])),
+        )
+
     @property
     def start_module(self) -> str | None:
         return None if self.start is None else self.layers[self.start].module
@@ -72,7 +92,9 @@ class Diagnosis:
             f"{row.relative_error:.4f}); top: {', '.join(self.layers[i].module for i in self.top[:3])}"
         )
 
-    def to_markdown(self, rows: int = 12) -> str:
+    def to_markdown(self, every_layer: bool = False) -> str:
+        """The summary and the layers that matter (where it starts, the top contributors); every
+        paired layer with every_layer."""
         lines = [
             f"### Divergence by layer: {self.artifact} ({self.runtime}, {self.fidelity})",
             "",
@@ -91,8 +113,9 @@ class Diagnosis:
             "|---|---|---|---|---|---|---|",
         ]
         shown = sorted(set(self.top) | ({self.start} if self.start is not None else set()))
-        shown = shown or list(range(min(rows, len(self.layers))))
-        for i in shown[:rows]:
+        if every_layer or not shown:
+            shown = list(range(len(self.layers)))
+        for i in shown:
             r = self.layers[i]
             mark = " ← starts" if i == self.start else ""
             lines.append(
