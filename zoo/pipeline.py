@@ -16,7 +16,7 @@ from zoo.calibration import check_calibration_options
 from zoo.checkpoints import sha256_file
 from zoo.conversion_cache import conversion_key, model_files, restore_conversion, step_base_key, store_conversion
 from zoo.conversion_cache import run_step as run_cached_step
-from zoo.converters import Artifact, ConvertContext, get_converter, uses_calibration
+from zoo.converters import Artifact, ConvertContext, get_converter, keeps_float_modules, uses_calibration
 from zoo.errors import ConversionError, UsageError, ZooError
 from zoo.evalset import (
     EvaluationSet,
@@ -246,6 +246,12 @@ def convert(
     started = time.perf_counter()
     model, target, teacher, registry = _resolve(model_name, target_name, registry)
     steps = [get_converter(step, target.name) for step in target.chain]  # unknown steps fail before any work
+    if model.float_modules.get(target.name) and not any(map(keeps_float_modules, steps)):
+        raise UsageError(
+            f"{model.name}'s float_modules name target {target.name}, whose steps ({', '.join(target.chain)}) "
+            "cannot leave modules in float",
+            hint="float_modules apply to onnx_to_int8 (android-int8), openvino_to_int8 and onnx_to_hef (hailo8l)",
+        )
     check_calibration_options(target, any(uses_calibration(s) for s in steps), calibration_dir, calibration_count)
     user_set = evaluation_path(eval_path, model, teacher)
     # a bad set fails before any work; the built-in task is rendered only when validation needs it

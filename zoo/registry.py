@@ -58,6 +58,8 @@ class ModelSpec:
     tags: dict = field(default_factory=dict)
     eval_set: str = ""  # evaluation set (folder or index file) teacher parity runs on; "" = the teacher's or built-in
     acceptance: str = ""  # acceptance profile (zoo.profiles) the artifacts are judged by; "" = the teacher's
+    # per target, torch module paths its int8 step leaves in float (what `zoo diagnose --suggest` measures)
+    float_modules: dict = field(default_factory=dict)
     source: str = ""  # the registry file this spec came from
 
     @property
@@ -142,6 +144,11 @@ FIELD_RULES = {
     "override": (lambda v: isinstance(v, bool), "true or false"),
     "eval_set": (_is_text, "a path to an evaluation-set folder or index file"),
     "acceptance": (lambda v: isinstance(v, str) and NAME_CHARS.fullmatch(v), "an acceptance profile name"),
+    "float_modules": (
+        lambda v: isinstance(v, dict)
+        and all(isinstance(m, list) and m and all(_is_text(x) for x in m) for m in v.values()),
+        'a table of TARGET = ["module.path", …] (non-empty lists of module paths)',
+    ),
 }
 OPTIONAL_TEXT = ("eval_set", "acceptance")
 REQUIRED = ("architecture", "embedding_dim", "input_size", "embedding_space")
@@ -251,6 +258,8 @@ def spec_from_dict(name: str, data: dict, source: Path | str = "") -> ModelSpec:
     for key in ("architecture_args", "target_input_sizes", "tags"):
         if key in fields:
             fields[key] = dict(fields[key])
+    if "float_modules" in fields:
+        fields["float_modules"] = {t: list(m) for t, m in fields["float_modules"].items()}
     return ModelSpec(
         name=name,
         role=fields.pop("role", "embedder"),

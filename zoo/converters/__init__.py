@@ -105,6 +105,7 @@ class Converter(Protocol):
     name: str
     extra: str  # the pip extra that brings this step's toolchain
     calibrated: bool  # optional, default False: the step reads a calibration set (see uses_calibration)
+    float_modules: bool  # optional, default False: the step leaves the model's float_modules in float
 
     def preflight(self, ctx: ConvertContext, upstream: Artifact | None) -> list[str]:
         """Everything this step cannot handle, listed at once (empty when it can go ahead)."""
@@ -134,6 +135,11 @@ def get_converter(name: str, target: str = "") -> Converter:
         hint=f"available steps: {', '.join(available_steps())}; a plugin can add it "
         f"through the '{ENTRY_POINT_GROUP}' entry-point group",
     )
+
+
+def keeps_float_modules(step: Converter) -> bool:
+    """Whether the step honours a model's `float_modules` (a plugin step that never says: no)."""
+    return bool(getattr(step, "float_modules", False))
 
 
 def uses_calibration(step: Converter) -> bool:

@@ -54,6 +54,7 @@ def emulated_metadata(metadata: dict[str, str], host_l2: bool) -> dict[str, str]
 
 class OnnxToHef:
     name = "onnx_to_hef"
+    float_modules = True  # the model's float_modules at 16 bits in the int8 emulation
     extra = "hailo"
     calibrated = True  # reads a calibration set (--calibration)
 
@@ -139,6 +140,12 @@ class OnnxToHef:
             parity = _parity_reference(ctx)
             write_parity_reference(work / PARITY_FILE, parity)
 
+        from zoo.diagnose import float_module_nodes
+        from zoo.runtimes.onnxruntime import OrtSession
+
+        # the model's float_modules: Hailo has no float, so their activations go to 16 bits (a16_w16)
+        kept = {n for nodes in float_module_nodes(ctx, OrtSession(onnx_path)).values() for n in nodes}
+        wide = [o for node in graph.graph.node if (node.name or node.output[0]) in kept for o in node.output]
         with ctx.progress.step("int8 emulation (ONNX Runtime QDQ, Hailo-like scheme)"):
             plan = build_emulated_model(
                 onnx_path,
@@ -149,6 +156,7 @@ class OnnxToHef:
                 mean=ctx.model.mean,
                 std=ctx.model.std,
                 metadata=emulated_metadata(ctx.metadata, host_l2),
+                sixteen_bit=wide,
             )
         ctx.checks.append(_photo_parity_check(work / EMULATED_FILE, parity, ctx.target.min_cosine_vs_source))
         if plan.not_emulated:

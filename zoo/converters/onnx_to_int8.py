@@ -15,7 +15,7 @@ Runtime (this host's CPU) goes into the report.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from zoo.converters import Artifact, ConvertContext
@@ -65,6 +65,7 @@ class OnnxToInt8:
     name = "onnx_to_int8"
     extra = "onnx"
     calibrated = True  # reads a calibration set (--calibration)
+    float_modules = True  # leaves the model's float_modules in float
 
     def preflight(self, ctx: ConvertContext, upstream: Artifact | None) -> list[str]:
         require("onnxruntime", self.extra)
@@ -81,8 +82,13 @@ class OnnxToInt8:
         onnx = require("onnx", self.extra)
         source = ctx.workdir / upstream.name
         dst = ctx.workdir / f"{Path(upstream.name).stem}.int8.onnx"
+        from zoo.diagnose import float_module_nodes
+
         calib = ctx.calibration_set(ORT_RECOMMENDED)
         scheme = scheme_for(onnx.load(str(source), load_external_data=False).graph)
+        kept = [n for nodes in float_module_nodes(ctx, OrtSession(source)).values() for n in nodes]
+        if kept:  # the model's float_modules for this target
+            scheme = replace(scheme, float_nodes=tuple(dict.fromkeys([*scheme.float_nodes, *kept])))
         quantize_qdq(
             source,
             dst,

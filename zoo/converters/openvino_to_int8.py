@@ -53,6 +53,7 @@ class OpenVinoToInt8:
     name = "openvino_to_int8"
     extra = EXTRA
     calibrated = True  # reads a calibration set (--calibration)
+    float_modules = True  # leaves the model's float_modules in float
 
     def preflight(self, ctx: ConvertContext, upstream: Artifact | None) -> list[str]:
         require("openvino", self.extra)
@@ -68,11 +69,15 @@ class OpenVinoToInt8:
         nncf = require("nncf", self.extra)
         source = ctx.workdir / upstream.name
         model = core().read_model(str(source))
+        from zoo.diagnose import float_module_nodes
+
         calib = ctx.calibration_set(NNCF_RECOMMENDED)
+        kept = [n for nodes in float_module_nodes(ctx, OpenVinoSession(source)).values() for n in nodes]
+        ignored = list(dict.fromkeys([*float_tail(model), *kept]))  # kept: the model's float_modules
         kwargs = {
             "subset_size": calib.count,
             "preset": nncf.QuantizationPreset.PERFORMANCE,
-            "ignored_scope": nncf.IgnoredScope(names=float_tail(model), types=list(FLOAT_OP_TYPES), validate=False),
+            "ignored_scope": nncf.IgnoredScope(names=ignored, types=list(FLOAT_OP_TYPES), validate=False),
             # NNCF's overflow fix on every layer (7-bit weights): OpenVINO's int8 kernels on x86 without VNNI
             # saturate otherwise (seen here on AVX2: tiny_vit min cosine 0.964 against the 0.98 rule)
             "advanced_parameters": nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix.ENABLE),

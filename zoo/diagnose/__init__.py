@@ -230,7 +230,7 @@ def module_nodes(torch_model, x: np.ndarray, session, modules: list[str]) -> dic
             if paired is None:
                 continue
             before = {pairs[t.module].tensor for t in taps[: tap.started] if t.module in pairs}
-            for node in _nodes_between(producers, before, paired.tensor):
+            for node in _nodes_between(producers, before, paired.tensor, set(reference)):
                 if node not in nodes:
                     nodes.append(node)
         result[module] = nodes
@@ -243,12 +243,13 @@ def _deepest_paired(module, taps, pairs, order):
     return pairs[inside[-1].module] if inside else None
 
 
-def _nodes_between(producers: dict, stop: set[str], tensor: str) -> list[str]:
-    """The nodes `tensor` is computed by, walking back until a tensor in `stop` (or the graph's inputs)."""
+def _nodes_between(producers: dict, stop: set[str], tensor: str, activations: set[str]) -> list[str]:
+    """The nodes `tensor` is computed by, walking back through activations (not weights or shapes)
+    until a tensor in `stop` (or the graph's input)."""
     seen, nodes, todo = set(), [], [tensor]
     while todo:
         t = todo.pop()
-        if t in seen or t in stop or t not in producers:
+        if t in seen or t in stop or t not in producers or t not in activations:
             continue
         seen.add(t)
         node, inputs = producers[t]
@@ -258,3 +259,25 @@ def _nodes_between(producers: dict, stop: set[str], tensor: str) -> list[str]:
     return nodes
 
 
+
+
+def float_module_nodes(ctx, session) -> dict[str, list[str]]:
+    """{module: nodes} of the modules the model's `float_modules` names for this target, in the graph
+    `session` runs (the int8 step's fp32 input); recorded in the manifest. Empty when none are named."""
+    from zoo.errors import ConversionError, UsageError
+
+    modules = list(ctx.model.float_modules.get(ctx.target.name, []))
+    if not modules:
+        return {}
+    if ctx.torch_model is None:
+        raise UsageError(f"float_modules of {ctx.model.name} name torch modules; its source is not a torch model")
+    mapping = module_nodes(ctx.torch_model, ctx.sample_inputs[:DEFAULT_INPUTS], session, modules)
+    lost = [m for m, nodes in mapping.items() if not nodes]
+    if lost:
+        raise ConversionError(
+            f"float_modules: no node of the {ctx.target.name} graph computes {', '.join(lost)} "
+            "(its output was not found among the graph's tensors)",
+            hint="zoo diagnose lists the modules it can pair with the graph",
+        )
+    ctx.records["float_modules"] = mapping
+    return mapping

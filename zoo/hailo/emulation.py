@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -178,13 +178,17 @@ def build_emulated_model(
     mean: tuple[float, ...],
     std: tuple[float, ...],
     metadata: dict[str, str],
+    sixteen_bit: list[str] = (),
 ) -> PrecisionPlan:
-    """Write the emulated int8 model to `out_path`; returns what the emulation applied."""
+    """Write the emulated int8 model to `out_path`; returns what the emulation applied. `sixteen_bit`:
+    more activation tensors at 16 bits (the model's float_modules)."""
     onnx = require("onnx", "onnx")
     from onnxruntime.quantization import QuantType
 
     source = onnx.load(str(onnx_path))
     plan = plan_precision(source.graph, script_text, net_name)
+    if sixteen_bit:
+        plan = replace(plan, sixteen_bit=tuple(dict.fromkeys([*plan.sixteen_bit, *sixteen_bit])))
     mean_255 = [m * 255.0 for m in mean]
     std_255 = [s * 255.0 for s in std]
     float_model = device_interface_model(source, mean_255, std_255)

@@ -1,0 +1,111 @@
+"""A measured fix for an int8 artifact: re-quantize with the layers that add most error left in float.
+
+Each try is a real conversion of the same model and target with the model's `float_modules` knob set
+(ONNX Runtime's nodes_to_exclude, NNCF's ignored scope, 16-bit activations in the Hailo emulation),
+validated like any other: its parity vs source and its int8 speedup are what the knob buys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from pathlib import Path
+
+from zoo.errors import ZooError
+from zoo.fidelity import Status
+from zoo.progress import QUIET, Progress
+
+TRIES = (1, 3)  # the top contributor alone, then the top three
+
+
+def _module_path(label: str) -> str:
+    return label.split("#", 1)[0]  # a module's second call is the same module
+
+
+def candidate_sets(diagnosis, tries=TRIES) -> list[list[str]]:
+    ranked = list(dict.fromkeys(_module_path(diagnosis.layers[i].module) for i in diagnosis.top))
+    sets = []
+    for n in tries:
+        chosen = ranked[:n]
+        if chosen and chosen not in sets:
+            sets.append(chosen)
+    return sets
+
+
+def knob(model: str, target: str, modules: list[str]) -> str:
+    listed = ", ".join(f'"{m}"' for m in modules)
+    return f'[models.{model}] float_modules = {{ "{target}" = [{listed}] }}'
+
+
+def suggestions(diagnosis, manifest: dict, out_dir: Path, model, teacher, target, progress: Progress = QUIET) -> list:
+    """The measured tries, each {modules, knob, parity, speedup, fidelity, summary}; [] for a target
+    whose steps cannot leave modules in float (the reason is one entry)."""
+    from zoo.converters import get_converter, keeps_float_modules
+
+    if not any(keeps_float_modules(get_converter(s, target.name)) for s in target.chain):
+        return [
+            {
+                "modules": [],
+                "knob": "",
+                "fidelity": "not run",
+                "summary": f"target {target.name}'s steps ({', '.join(target.chain)}) cannot leave modules in float; "
+                "no re-quantization was tried",
+            }
+        ]
+    before = _figures(manifest_report(out_dir), diagnosis.artifact)
+    tries = []
+    for modules in candidate_sets(diagnosis):
+        with progress.step(f"re-quantizing {model.name} → {target.name} with {', '.join(modules)} in float"):
+            tries.append(_try(modules, diagnosis, model, teacher, target, before, manifest, out_dir))
+    return tries
+
+
+def manifest_report(out_dir: Path):
+    import json
+
+    from zoo.report import Report
+
+    return Report.from_dict(json.loads((Path(out_dir) / "report.json").read_text()))
+
+
+def _figures(report, artifact: str) -> dict:
+    parity = next((c for c in report.checks if c.artifact == artifact and c.name.startswith("parity vs source")), None)
+    speed = next((c for c in report.checks if c.name.startswith("int8 speedup")), None)
+    return {
+        "parity": parity.value if parity else None,
+        "passed": parity.status is Status.PASS if parity else None,
+        "speedup": speed.value if speed else None,
+    }
+
+
+def _try(modules, diagnosis, model, teacher, target, before: dict, manifest: dict, out_dir: Path) -> dict:
+    from zoo.pipeline import convert
+    from zoo.registry import Registry
+
+    spec = dataclasses.replace(model, float_modules={**model.float_modules, target.name: modules})
+    registry = Registry([spec, *([teacher] if teacher else [])])
+    entry = {"modules": modules, "knob": knob(model.name, target.name, modules), "before": before}
+    eval_path = _recorded_eval(manifest, out_dir)
+    try:
+        with tempfile.TemporaryDirectory(prefix="zoo-diagnose-") as tmp:
+            outcome = convert(model.name, target.name, out_root=Path(tmp), registry=registry, eval_path=eval_path)
+            after = _figures(outcome.report, diagnosis.artifact)
+    except ZooError as exc:
+        entry.update(fidelity="not run", summary=f"the re-quantization failed: {exc}")
+        return entry
+    entry.update(after=after, fidelity=str(diagnosis.fidelity))
+    entry["summary"] = (
+        f"{', '.join(modules)} in float: parity vs source {_shown(before['parity'])} → {_shown(after['parity'])}"
+        f" ({'passes' if after['passed'] else 'still fails'}), int8 speedup {_shown(before['speedup'])}× → "
+        f"{_shown(after['speedup'])}×"
+    )
+    return entry
+
+
+def _recorded_eval(manifest: dict, out_dir: Path) -> Path | None:
+    source = (manifest.get("eval_set") or {}).get("source", "")
+    return None if not source or source.startswith("built-in") else Path(out_dir) / source
+
+
+def _shown(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "—"
