@@ -145,8 +145,9 @@ FIELD_RULES = {
     "eval_set": (_is_text, "a path to an evaluation-set folder or index file"),
     "acceptance": (lambda v: isinstance(v, str) and NAME_CHARS.fullmatch(v), "an acceptance profile name"),
     "float_modules": (
-        lambda v: isinstance(v, dict)
-        and all(isinstance(m, list) and m and all(_is_text(x) for x in m) for m in v.values()),
+        lambda v: (
+            isinstance(v, dict) and all(isinstance(m, list) and m and all(_is_text(x) for x in m) for m in v.values())
+        ),
         'a table of TARGET = ["module.path", …] (non-empty lists of module paths)',
     ),
 }

@@ -23,6 +23,7 @@ from zoo.validators.metrics import cosine_rows
 # pairing on the artifact itself (no fp32 twin): its own divergence must not hide a layer
 SELF_MATCH_COSINE, SELF_MATCH_ERROR = 0.9, 0.5
 DEFAULT_INPUTS = 4
+FUSION_GAP = 0.005  # final cosine with every tensor exposed above the artifact's own by more than this
 
 
 @dataclass
@@ -62,6 +63,13 @@ class Diagnosis:
         )
 
     @property
+    def fused_divergence(self) -> bool:
+        """The artifact computes differently with its tensors exposed: what breaks it is how the runtime
+        compiles the whole graph (fused kernels), which exposing every tensor prevents."""
+        tapped = self.tapped_final_cosine_min
+        return tapped is not None and tapped - self.final_cosine_min > FUSION_GAP
+
+    @property
     def start_module(self) -> str | None:
         return None if self.start is None else self.layers[self.start].module
 
@@ -77,6 +85,7 @@ class Diagnosis:
             "unmapped": self.unmapped,
             "divergence_starts_at": self.start_module,
             "top_contributors": [self.layers[i].module for i in self.top],
+            "fused_divergence": self.fused_divergence,
             "final_cosine_min": self.final_cosine_min,
             "tapped_final_cosine_min": self.tapped_final_cosine_min,
             "layers": [row.to_dict() for row in self.layers],
@@ -84,6 +93,12 @@ class Diagnosis:
         }
 
     def summary(self) -> str:
+        if self.fused_divergence:
+            return (
+                f"{self.artifact}: the runtime's fused graph diverges (min cosine {self.final_cosine_min:.4f} as "
+                f"compiled, {self.tapped_final_cosine_min:.4f} with every tensor exposed); in the exposed graph the "
+                f"error starts at {self.start_module}"
+            )
         if self.start is None:
             return f"{self.artifact}: no layer adds error ({len(self.layers)} layers paired)"
         row = self.layers[self.start]
@@ -108,6 +123,15 @@ class Diagnosis:
                 else ""
             ),
             f"- **divergence starts at `{self.start_module}`**" if self.start is not None else "- no layer adds error",
+            *(
+                [
+                    "- **the runtime's fused graph diverges**: with every tensor exposed the artifact computes "
+                    f"{self.tapped_final_cosine_min:.4f}, as compiled {self.final_cosine_min:.4f} — the layers below "
+                    "describe the exposed graph; the loss is in kernels the runtime fuses when nothing is exposed"
+                ]
+                if self.fused_divergence
+                else []
+            ),
             "",
             "| # | module | cosine min | cosine mean | relative error | added | tensor |",
             "|---|---|---|---|---|---|---|",
@@ -173,7 +197,7 @@ def diagnose_session(
         last = list(exposed.values())[-1]
         if last.size == final.size:
             tapped = round(float(cosine_rows(final, last.reshape(len(x), -1)).min()), 6)
-    return Diagnosis(
+    diagnosis = Diagnosis(
         artifact=name,
         runtime=runtime.name,
         fidelity=runtime.fidelity,
@@ -187,6 +211,7 @@ def diagnose_session(
         tapped_final_cosine_min=tapped,
         unmapped="; ".join(unmapped),
     )
+    return diagnosis
 
 
 def worst_inputs(per_sample_cosine: list[float] | None, total: int, count: int) -> list[int]:
@@ -257,8 +282,6 @@ def _nodes_between(producers: dict, stop: set[str], tensor: str, activations: se
             nodes.append(node)
         todo.extend(inputs)
     return nodes
-
-
 
 
 def float_module_nodes(ctx, session) -> dict[str, list[str]]:

@@ -50,7 +50,15 @@ def layer_table(taps: list[ModuleTap], pairs: list[Pairing], artifact: dict[str,
         added = max(0.0, rel - worst)
         worst = max(worst, rel)
         rows.append(
-            Layer(p.module, p.tensor, shape, round(float(cos.mean()), 6), round(float(cos.min()), 6), round(rel, 6), round(added, 6))
+            Layer(
+                p.module,
+                p.tensor,
+                shape,
+                round(float(cos.mean()), 6),
+                round(float(cos.min()), 6),
+                round(rel, 6),
+                round(added, 6),
+            )
         )
     return rows
 

@@ -107,7 +107,9 @@ def to_module_layout(value: np.ndarray, module_shape: tuple[int, ...], layout: s
     """An artifact tensor (batch first) as the module's (N, *module_shape)."""
     n = len(value)
     if layout == "channels-last":
-        return np.ascontiguousarray(value.reshape(n, module_shape[1], module_shape[2], module_shape[0]).transpose(0, 3, 1, 2))
+        return np.ascontiguousarray(
+            value.reshape(n, module_shape[1], module_shape[2], module_shape[0]).transpose(0, 3, 1, 2)
+        )
     return value.reshape(n, *module_shape)
 
 

@@ -127,7 +127,9 @@ def diagnose_dir(
         raise UsageError(f"--inputs must be at least 1, not {inputs}")
     model, teacher, target, artifacts, size = artifacts_of(manifest, out_dir)
     if model.architecture_kind == "onnx":
-        raise UsageError(f"{model.name}'s source is an ONNX file: zoo diagnose pairs the artifact with a torch model's modules")
+        raise UsageError(
+            f"{model.name}'s source is an ONNX file: zoo diagnose pairs the artifact with a torch model's modules"
+        )
     report_path = out_dir / "report.json"
     checks = Report.from_dict(json.loads(report_path.read_text())).checks if report_path.is_file() else ()
     rows = parity_rows(checks)

@@ -854,7 +854,9 @@ class CoreMLEmulatedSession(SessionBase):
     def producers(self) -> dict[str, tuple[str, tuple[str, ...]]]:
         table = {}
         for op in self.executor._ops:
-            inputs = tuple(v.name for var in op.inputs.values() for v in (var if isinstance(var, (list, tuple)) else [var]))
+            inputs = tuple(
+                v.name for var in op.inputs.values() for v in (var if isinstance(var, (list, tuple)) else [var])
+            )
             for var in op.outputs:
                 table[var.name] = (op.name, inputs)
         return table

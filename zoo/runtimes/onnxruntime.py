@@ -45,14 +45,33 @@ def onnx_producers(model) -> dict[str, tuple[str, tuple[str, ...]]]:
     return {o: (n.name or o, tuple(i for i in n.input if i)) for n in model.graph.node for o in n.output}
 
 
+def quantized_views(model) -> dict[str, str]:
+    """{tensor: the DequantizeLinear output its QuantizeLinear → DequantizeLinear pair gives}: in a QDQ
+    graph a tensor's own name holds its float value before quantization; its consumers see the pair's."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    views = {}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear":
+            continue
+        dq = [c for c in consumers.get(node.output[0], []) if c.op_type == "DequantizeLinear"]
+        if dq:
+            views[node.input[0]] = dq[0].output[0]
+    return views
+
+
 class OnnxTaps:
     """Every float activation of an ONNX model as an output, on ONNX Runtime with the session's options
-    (the validation's own optimization level: what it fuses, it fuses here too, except around the taps)."""
+    (the validation's own optimization level: what it fuses, it fuses here too, except around the taps).
+    A quantized tensor is reported as its consumers see it: after its Q/DQ pair."""
 
     def __init__(self, model, options, feed=lambda x: x, batch: int | None = None):
         ort = require("onnxruntime", "onnx")
         self.names = float_activations(model)
         self.producers = onnx_producers(model)
+        self.views = quantized_views(model)
         tapped = with_outputs(model, self.names)
         self._outputs = [o.name for o in tapped.graph.output]
         self._session = ort.InferenceSession(tapped.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -66,8 +85,10 @@ class OnnxTaps:
 
     def _run_one(self, x: np.ndarray) -> dict[str, np.ndarray]:
         values = self._session.run(self._outputs, {self._input: np.ascontiguousarray(self._feed(x), np.float32)})
-        got = dict(zip(self._outputs, values))  # in graph order: the first tensor computed comes first
-        return {n: np.asarray(got[n]) for n in self.names if n in got and _batch_first(got[n], len(x))}
+        got = dict(zip(self._outputs, values))
+        got = {n: got.get(self.views.get(n, n), got.get(n)) for n in got}
+        # in graph order: the first tensor computed comes first
+        return {n: np.asarray(got[n]) for n in self.names if got.get(n) is not None and _batch_first(got[n], len(x))}
 
 
 def _batch_first(value, n: int) -> bool:

@@ -67,6 +67,12 @@ class OpenVinoSession(SessionBase):
             for output in op.outputs():
                 if output.get_element_type().is_real():
                     taps.append((self._tensor_name(output), output))
+        # a tensor NNCF quantizes is reported as its consumers see it: after its FakeQuantize
+        views = {
+            self._tensor_name(op.input(0).get_source_output()): self._tensor_name(op.output(0))
+            for op in model.get_ordered_ops()
+            if op.get_type_name() == "FakeQuantize"
+        }
         model.add_outputs([o for _, o in taps])
         compiled = self._core.compile_model(model, "CPU", self.config)
         step = self.batch or len(x)
@@ -77,9 +83,14 @@ class OpenVinoSession(SessionBase):
             for out, value in result.items():
                 for name in out.get_names():
                     by_name[name] = value
+            by_name = {n: by_name.get(views.get(n, n), v) for n, v in by_name.items()}
             chunk = len(x[i : i + step])
             runs.append(
-                {n: np.asarray(by_name[n]) for n, _ in taps if n in by_name and np.ndim(by_name[n]) and len(by_name[n]) == chunk}
+                {
+                    n: np.asarray(by_name[n])
+                    for n, _ in taps
+                    if n in by_name and np.ndim(by_name[n]) and len(by_name[n]) == chunk
+                }
             )
         from zoo.runtimes.onnxruntime import batch_first
 
