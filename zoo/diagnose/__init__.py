@@ -44,7 +44,7 @@ class Diagnosis:
 
     @classmethod
     def from_dict(cls, d: dict) -> Diagnosis:
-        layers = [Layer(**{**r, "shape": tuple(r["shape"])}) for r in d["layers"]]
+        layers = [Layer(**{**r, "shape": tuple(r["shape"]), "hidden": tuple(r.get("hidden", ()))}) for r in d["layers"]]
         index = {r.module: i for i, r in enumerate(layers)}
         return cls(
             artifact=d["artifact"],
@@ -84,6 +84,7 @@ class Diagnosis:
             "paired_layers": len(self.layers),
             "unmapped": self.unmapped,
             "divergence_starts_at": self.start_module,
+            "divergence_starts_after": list(self.layers[self.start].hidden) if self.start is not None else [],
             "top_contributors": [self.layers[i].module for i in self.top],
             "fused_divergence": self.fused_divergence,
             "final_cosine_min": self.final_cosine_min,
@@ -103,7 +104,7 @@ class Diagnosis:
             return f"{self.artifact}: no layer adds error ({len(self.layers)} layers paired)"
         row = self.layers[self.start]
         return (
-            f"{self.artifact}: divergence starts at {row.module} (cosine {row.cosine_min:.4f}, relative error "
+            f"{self.artifact}: divergence starts at {row.label} (cosine {row.cosine_min:.4f}, relative error "
             f"{row.relative_error:.4f}); top: {', '.join(self.layers[i].module for i in self.top[:3])}"
         )
 
@@ -122,7 +123,9 @@ class Diagnosis:
                 if self.tapped_final_cosine_min is not None
                 else ""
             ),
-            f"- **divergence starts at `{self.start_module}`**" if self.start is not None else "- no layer adds error",
+            f"- **divergence starts at `{self.layers[self.start].label}`**"
+            if self.start is not None
+            else "- no layer adds error",
             *(
                 [
                     "- **the runtime's fused graph diverges**: with every tensor exposed the artifact computes "
@@ -143,12 +146,16 @@ class Diagnosis:
             r = self.layers[i]
             mark = " ← starts" if i == self.start else ""
             lines.append(
-                f"| {i} | `{r.module}`{mark} | {r.cosine_min:.6f} | {r.cosine_mean:.6f} | {r.relative_error:.5f} "
+                f"| {i} | `{r.label}`{mark} | {r.cosine_min:.6f} | {r.cosine_mean:.6f} | {r.relative_error:.5f} "
                 f"| {r.added:.5f} | `{r.tensor}` |"
             )
         for s in self.suggestions:
             lines += ["", f"- suggestion ({s['fidelity']}): {s['summary']}", f"  knob: `{s['knob']}`"]
         return "\n".join(lines) + "\n"
+
+
+class NotExposed(Exception):
+    """The artifact's runtime cannot give its intermediate tensors (e.g. an .ort file)."""
 
 
 def fp32_twin(name: str, sessions: dict) -> str | None:
@@ -173,8 +180,10 @@ def diagnose_session(
     """The per-layer table of one artifact's session on the inputs x (NCHW, as validation feeds it)."""
     from zoo.runtimes import run_in_batches
 
-    taps, final = module_taps(torch_model, x)
     exposed = session.intermediates(x)
+    if not exposed:
+        raise NotExposed(f"{runtime.name} cannot expose the intermediate tensors of {name}")
+    taps, final = module_taps(torch_model, x)
     reference_session = session.reference_twin()
     if twin is not None:
         paired_on, reference, bounds = twin[0], twin[1].intermediates(x), ()
@@ -187,8 +196,6 @@ def diagnose_session(
     out = run_in_batches(session, x).reshape(len(x), -1)
     final = final.reshape(len(x), -1)
     unmapped = []
-    if not exposed:
-        unmapped.append(f"{runtime.name} does not expose {name}'s intermediate tensors")
     missing = len(pairs) - len(rows)
     if missing:
         unmapped.append(f"{missing} paired tensors are not in {name} (renamed or fused by its toolchain)")

@@ -23,11 +23,19 @@ class Layer:
     cosine_min: float
     relative_error: float  # ‖artifact − source‖ / ‖source‖ over the inputs
     added: float  # the relative error this layer adds to the worst before it (≥ 0)
+    # modules run since the previous row whose outputs the artifact does not hold (its toolchain renamed or
+    # fused them): the error this row adds may come from them
+    hidden: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        d["hidden"] = list(self.hidden)
         return d
+
+    @property
+    def label(self) -> str:
+        return self.module + (f" (after {', '.join(self.hidden)}, not exposed)" if self.hidden else "")
 
 
 def layer_table(taps: list[ModuleTap], pairs: list[Pairing], artifact: dict[str, np.ndarray]) -> list[Layer]:
@@ -35,13 +43,13 @@ def layer_table(taps: list[ModuleTap], pairs: list[Pairing], artifact: dict[str,
     by_module = {t.module: t for t in taps}
     rows: list[Layer] = []
     worst = 0.0
+    hidden: list[str] = []
     for p in pairs:
         tap = by_module[p.module]
-        if p.tensor not in artifact:
-            continue  # the artifact does not expose this tensor (an int8 twin renamed or fused it)
         shape = tuple(tap.output.shape[1:])
-        value = artifact[p.tensor]
-        if value.size != tap.output.size:
+        value = artifact.get(p.tensor)
+        if value is None or value.size != tap.output.size:
+            hidden.append(p.module)  # the artifact does not hold this tensor (its toolchain renamed or fused it)
             continue
         got = to_module_layout(value.astype(np.float32), shape, p.layout)
         want = tap.output
@@ -58,8 +66,10 @@ def layer_table(taps: list[ModuleTap], pairs: list[Pairing], artifact: dict[str,
                 round(float(cos.min()), 6),
                 round(rel, 6),
                 round(added, 6),
+                tuple(hidden),
             )
         )
+        hidden = []
     return rows
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from zoo.diagnose import DEFAULT_INPUTS, Diagnosis, diagnose_session, fp32_twin, worst_inputs
+from zoo.diagnose import DEFAULT_INPUTS, Diagnosis, NotExposed, diagnose_session, fp32_twin, worst_inputs
 from zoo.errors import UsageError
 from zoo.fidelity import Check, Fidelity, Status
 from zoo.progress import QUIET, Progress
@@ -40,6 +40,9 @@ def diagnose_failures(model, target, out_dir: Path, artifacts, refs, checks, tor
         try:
             with progress.step(f"diagnosing {artifact.name} layer by layer"):
                 d = _diagnose(artifact.name, sessions, runtime, torch_model, refs.inputs, list(refs.labels), pick)
+        except NotExposed as exc:
+            rows.append(_not_run(artifact.name, f"{exc}; the diagnosis of the artifact it was made from applies"))
+            continue
         except Exception as exc:  # the failed parity row stands; this only says why it is not explained
             rows.append(_not_run(artifact.name, f"{type(exc).__name__}: {exc}"))
             continue
@@ -156,8 +159,14 @@ def diagnose_dir(
             a = next(a for a in runnable if a.name == name)
             row = rows.get(name)
             pick = worst_inputs(row.data.get("per_sample_cosine") if row else None, len(x), inputs)
-            with progress.step(f"diagnosing {name} layer by layer on {len(pick)} inputs"):
-                d = _diagnose(name, sessions, runtime_for(a, target), torch_model, x, labels, pick)
+            try:
+                with progress.step(f"diagnosing {name} layer by layer on {len(pick)} inputs"):
+                    d = _diagnose(name, sessions, runtime_for(a, target), torch_model, x, labels, pick)
+            except NotExposed as exc:
+                if artifact is not None:
+                    raise UsageError(str(exc), hint="diagnose the artifact it was made from (--artifact)") from None
+                progress.say(f"{name}: {exc}; skipped")
+                continue
             if suggest:
                 from zoo.diagnose.suggest import suggestions
 

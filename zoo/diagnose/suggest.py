@@ -15,7 +15,8 @@ from zoo.errors import ZooError
 from zoo.fidelity import Status
 from zoo.progress import QUIET, Progress
 
-TRIES = (1, 3)  # the top contributor alone, then the top three
+TRIES = (1, 3)  # the top contributor alone (then its parent), the top three, then the blocks of the top five
+BLOCK_DEPTH = 3  # "backbone.stages.2": the block a contributor sits in
 
 
 def _module_path(label: str) -> str:
@@ -23,12 +24,25 @@ def _module_path(label: str) -> str:
 
 
 def candidate_sets(diagnosis, tries=TRIES) -> list[list[str]]:
-    ranked = list(dict.fromkeys(_module_path(diagnosis.layers[i].module) for i in diagnosis.top))
+    # a row's hidden modules (outputs the artifact does not hold) come first: the error it adds is theirs or its own
+    ranked = list(
+        dict.fromkeys(
+            _module_path(m) for i in diagnosis.top for m in (*diagnosis.layers[i].hidden, diagnosis.layers[i].module)
+        )
+    )
     sets = []
     for n in tries:
         chosen = ranked[:n]
         if chosen and chosen not in sets:
             sets.append(chosen)
+        if n == 1 and chosen and chosen[0].count("."):  # the module holding the worst layer, whole
+            parent = [chosen[0].rsplit(".", 1)[0]]
+            if parent not in sets and parent != ["backbone"]:
+                sets.append(parent)
+    # error spread over many layers: whole blocks in float (what a user would try next)
+    blocks = list(dict.fromkeys(".".join(m.split(".")[:BLOCK_DEPTH]) for m in ranked[:5]))
+    if blocks and blocks not in sets and blocks != ranked[: len(blocks)]:
+        sets.append(blocks)
     return sets
 
 
