@@ -206,7 +206,7 @@ def test_float_modules_errors_are_one_line(tmp_path, planted, capsys):
                  "--registry", str(planted), "-q"]) == 2  # fmt: skip
     planted.write_text(REGISTRY + 'float_modules = { "server" = "backbone.stem" }\n')
     assert main(["list", "models", "--registry", str(planted)]) == 2
-    assert not (tmp_path / "o" / "planted").exists()
+    assert not any((tmp_path / "o").rglob("manifest.json"))  # nothing written
 
 
 def test_module_nodes_stop_at_the_module_boundary(tmp_path, planted):
@@ -219,7 +219,9 @@ def test_module_nodes_stop_at_the_module_boundary(tmp_path, planted):
     nodes = module_nodes(torch_model, x, session, ["backbone.sensitive", "backbone.fc"])
     ops = {n: op for n, op in _op_types(tmp_path / "o" / "planted" / "server" / "model.onnx").items()}
     assert sorted(ops[n] for n in nodes["backbone.sensitive"]) == ["Conv", "Mul"]
-    assert [ops[n] for n in nodes["backbone.fc"]] in (["Gemm"], ["MatMul", "Add"], ["Add", "MatMul"])
+    fc = {ops[n] for n in nodes["backbone.fc"]}  # the linear layer, and the flatten between pool and it
+    assert "Gemm" in fc or "MatMul" in fc
+    assert fc <= {"Gemm", "MatMul", "Add", "Reshape", "Flatten"}
 
 
 def _op_types(path: Path) -> dict[str, str]:

@@ -283,6 +283,10 @@ def convert(
 
         with progress.step(f"building {model.name} ({model.architecture}, {size} px, {model.weights_label})"):
             torch_model = build_model(model)
+        if model.float_modules.get(target.name):  # a wrong module path fails before anything is written
+            from zoo.diagnose import check_float_modules
+
+            check_float_modules(torch_model, model.float_modules[target.name])
 
     with staged_directory(out_dir, say=progress.say) as work:
         ctx = ConvertContext(

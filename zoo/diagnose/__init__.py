@@ -232,22 +232,27 @@ def model_modules(torch_model) -> set[str]:
     return {name for name, _ in torch_model.named_modules() if name}
 
 
-def module_nodes(torch_model, x: np.ndarray, session, modules: list[str]) -> dict[str, list[str]]:
-    """{module path: the artifact's nodes that compute it} — a module's nodes are those its output
-    depends on that no tensor finished before the module started depends on. For `float_modules`:
-    a quantizer leaves these nodes in float."""
+def check_float_modules(torch_model, modules: list[str]) -> None:
+    """Every module path names a module of the model, else a usage error with the nearest path."""
+    from difflib import get_close_matches
+
     from zoo.errors import UsageError
 
     known = model_modules(torch_model)
     unknown = [m for m in modules if m not in known]
     if unknown:
-        from difflib import get_close_matches
-
         near = get_close_matches(unknown[0], sorted(known), n=1)
         raise UsageError(
             f"float_modules names {', '.join(unknown)}, which the model does not have",
             hint=f"did you mean {near[0]!r}?" if near else "module paths as torch's named_modules() gives them",
         )
+
+
+def module_nodes(torch_model, x: np.ndarray, session, modules: list[str]) -> dict[str, list[str]]:
+    """{module path: the artifact's nodes that compute it} — a module's nodes are those its output
+    depends on that no tensor finished before the module started depends on. For `float_modules`:
+    a quantizer leaves these nodes in float."""
+    check_float_modules(torch_model, modules)
     taps, _ = module_taps(torch_model, x)
     reference = session.intermediates(x)
     producers = session.producers()
