@@ -172,6 +172,13 @@ def test_int8_divergence_is_found_and_the_suggestion_improves_parity(tmp_path, p
     )
     assert row["status"] == "info" and row["value"] == auto["divergence_starts_at"]
 
+    # and the matrix's HTML report plots it
+    from zoo.matrix import collect
+    from zoo.matrix.html import to_html
+
+    page = to_html(collect(models=["planted"], targets=["android-int8"], outputs=out_root, registry_paths=[planted]))
+    assert "Where parity breaks" in page and "relative error vs the source model" in page
+
     capsys.readouterr()
     assert main(["diagnose", str(out), "--suggest", "--registry", str(planted), "-q"]) == 0
     printed = capsys.readouterr().out
@@ -182,6 +189,7 @@ def test_int8_divergence_is_found_and_the_suggestion_improves_parity(tmp_path, p
     assert tries and all("float_modules" in s["knob"] for s in tries)
     best = max(s["after"]["parity"] for s in tries)
     assert best >= 0.98 and best > parity["value"] + 0.02  # measurably better: the rule passes
+    assert "**Measured fix**" in (out / "diagnosis.md").read_text()
     assert (out / "diagnosis.svg").read_text().startswith("<svg")
 
 
@@ -241,3 +249,31 @@ def _identity():
     from torch import nn
 
     return nn.Identity()
+
+
+@pytest.mark.parametrize("culprits", [["b.3"], ["b.1", "b.6"], ["b.0", "b.4", "b.7"]])
+def test_block_bisection_finds_the_blocks_that_must_stay_float(culprits):
+    """A fake conversion that passes exactly when every culprit block is in float: the search names them
+    all, and tries far fewer sets than there are subsets."""
+    from zoo.diagnose.layers import Layer
+    from zoo.diagnose.suggest import best_fix, bisect_blocks
+
+    layers = [Layer(f"b.{i}", f"t{i}", (1,), 1.0, 1.0, 0.0, 0.0) for i in range(8)]
+
+    class Fake:
+        pass
+
+    diagnosis = Fake()
+    diagnosis.layers = layers
+    tried = []
+
+    def attempt(modules):
+        ok = set(culprits) <= set(modules)
+        entry = {"modules": modules, "after": {"passed": ok, "parity": 0.99 if ok else 0.9}}
+        tried.append(entry)
+        return entry
+
+    found = bisect_blocks(diagnosis, attempt)
+    assert sorted(found) == sorted(culprits)
+    assert best_fix(tried)["modules"] == sorted(culprits)
+    assert len(tried) <= 1 + 4 * len(culprits)

@@ -149,6 +149,16 @@ class Diagnosis:
                 f"| {i} | `{r.label}`{mark} | {r.cosine_min:.6f} | {r.cosine_mean:.6f} | {r.relative_error:.5f} "
                 f"| {r.added:.5f} | `{r.tensor}` |"
             )
+        if self.suggestions:
+            from zoo.diagnose.suggest import best_fix
+
+            fix = best_fix(self.suggestions)
+            lines += [
+                "",
+                f"**Measured fix** ({fix['fidelity']}): {fix['summary']}  \n`{fix['knob']}`"
+                if fix
+                else f"No try of the {len(self.suggestions)} below reaches the rule.",
+            ]
         for s in self.suggestions:
             lines += ["", f"- suggestion ({s['fidelity']}): {s['summary']}", f"  knob: `{s['knob']}`"]
         return "\n".join(lines) + "\n"

@@ -67,11 +67,82 @@ def suggestions(diagnosis, manifest: dict, out_dir: Path, model, teacher, target
             }
         ]
     before = _figures(manifest_report(out_dir), diagnosis.artifact)
-    tries = []
+    tried: dict[tuple[str, ...], dict] = {}
+
+    def attempt(modules: list[str]) -> dict:
+        key = tuple(modules)
+        if key not in tried:
+            with progress.step(f"re-quantizing {model.name} → {target.name} with {', '.join(modules)} in float"):
+                tried[key] = _try(modules, diagnosis, model, teacher, target, before, manifest, out_dir)
+        return tried[key]
+
     for modules in candidate_sets(diagnosis):
-        with progress.step(f"re-quantizing {model.name} → {target.name} with {', '.join(modules)} in float"):
-            tries.append(_try(modules, diagnosis, model, teacher, target, before, manifest, out_dir))
-    return tries
+        if _passes(attempt(modules)):
+            return list(tried.values())
+    bisect_blocks(diagnosis, attempt)
+    return list(tried.values())
+
+
+def _passes(entry: dict) -> bool:
+    return bool(entry.get("after", {}).get("passed"))
+
+
+MAX_BLOCKS = 24  # the granularity of the search: the deepest module level with at most this many blocks
+MAX_CULPRITS = 4
+
+
+def blocks_of(diagnosis) -> list[str]:
+    """The model's blocks in execution order, at the deepest level of the paired modules' paths that has
+    at most MAX_BLOCKS of them (`backbone.blocks.3.0` for a MobileNetV4, `backbone.blocks.11` for a ViT)."""
+    paths = [_module_path(r.module) for r in diagnosis.layers]
+    best: list[str] = []
+    for depth in range(2, 8):
+        units = list(dict.fromkeys(".".join(p.split(".")[:depth]) for p in paths))
+        if len(units) > MAX_BLOCKS:
+            break
+        best = units
+    return best
+
+
+def bisect_blocks(diagnosis, attempt) -> list[str]:
+    """When no quick try passes: which blocks, in float, make the artifact pass? All of them first (if
+    that fails too, leaving blocks in float cannot fix it); then the shortest prefix of blocks that
+    passes — its last block is a culprit — kept in float while the blocks before it are searched the same
+    way, up to MAX_CULPRITS. Every step is a real conversion (`attempt`); returns the culprits found."""
+    units = blocks_of(diagnosis)
+    if not units or not _passes(attempt(units)):
+        return []
+    culprits: list[str] = []
+    end = len(units)
+    while len(culprits) < MAX_CULPRITS and end > 0:
+        if culprits and _passes(attempt(sorted_by(units, culprits))):
+            break
+        lo, hi = 0, end  # units[:hi] + culprits passes (hi = end did), units[:lo] + culprits does not
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if _passes(attempt(sorted_by(units, culprits + units[:mid]))):
+                hi = mid
+            else:
+                lo = mid
+        culprits.append(units[hi - 1])
+        end = hi - 1
+    if culprits:
+        attempt(sorted_by(units, culprits))
+    return culprits
+
+
+def best_fix(entries: list[dict]) -> dict | None:
+    """The passing try that keeps the fewest modules in float (then the best parity), or None."""
+    passing = [e for e in entries if _passes(e)]
+    if not passing:
+        return None
+    return min(passing, key=lambda e: (len(e["modules"]), -(e["after"]["parity"] or 0)))
+
+
+def sorted_by(units: list[str], chosen: list[str]) -> list[str]:
+    """`chosen` in the blocks' execution order (one knob line reads in model order)."""
+    order = {u: i for i, u in enumerate(units)}
+    return sorted(dict.fromkeys(chosen), key=lambda u: order.get(u, len(order)))
 
 
 def manifest_report(out_dir: Path):

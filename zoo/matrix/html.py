@@ -252,7 +252,19 @@ def _cell_table(cell: Cell) -> str:
         )
     rows.append("</table>")
     warnings = "".join(f'<p class="fail">⚠ {escape(w)}</p>' for w in cell.report.warnings)
-    return warnings + "".join(rows)
+    return warnings + "".join(rows) + _diagnosis_plot(cell)
+
+
+def _diagnosis_plot(cell: Cell) -> str:
+    """Where the cell's failed parity breaks: relative error by layer (zoo.diagnose), when it has one."""
+    if not cell.report.diagnoses:
+        return ""
+    from zoo.diagnose import Diagnosis
+    from zoo.diagnose.run import error_svg
+
+    diagnoses = [Diagnosis.from_dict(d) for d in cell.report.diagnoses]
+    said = "".join(f"<p>{escape(d.summary())}</p>" for d in diagnoses)
+    return f"<h3>Where parity breaks</h3>{said}{error_svg(diagnoses)}"
 
 
 def to_html(matrix: Matrix) -> str:
