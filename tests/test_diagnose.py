@@ -24,10 +24,14 @@ from torch import nn
 class Outlier(nn.Module):
     """Scales channel 0 by 1000: on a uint8 grid over that range every other channel rounds to 0."""
 
-    def forward(self, x):
-        scale = torch.ones(1, x.shape[1], 1, 1)
+    def __init__(self, channels=16):
+        super().__init__()
+        scale = torch.ones(1, channels, 1, 1)
         scale[0, 0] = 1000.0
-        return x * scale
+        self.register_buffer("scale", scale)
+
+    def forward(self, x):
+        return x * self.scale
 
 
 class Planted(nn.Module):
@@ -123,19 +127,30 @@ def test_a_replaced_layer_is_named_where_the_divergence_starts(tmp_path, planted
     assert d.final_cosine_min < 0.99
 
 
-def test_an_intact_artifact_pairs_exactly_and_adds_no_error(tmp_path, planted):
-    from zoo.runtimes import get_runtime
+@pytest.mark.parametrize(
+    ("target", "artifact"),
+    [("server", "model.onnx"), ("openvino", "model.xml"), ("tflite", "model.tflite"), ("ios", "model.mlpackage")],
+)
+def test_an_intact_artifact_pairs_exactly_on_every_runtime(tmp_path, planted, target, artifact):
+    """ONNX Runtime, OpenVINO, LiteRT (NHWC tensors) and zoo's Core ML executor expose their tensors;
+    an artifact that computes what its source does pairs every layer and adds no error."""
+    from zoo.converters import Artifact
+    from zoo.targets import get_target
+    from zoo.validators import runtime_for
 
-    assert main(["convert", "--model", "planted", "--target", "server", "--out", str(tmp_path / "o"),
+    assert main(["convert", "--model", "planted", "--target", target, "--out", str(tmp_path / "o"),
                  "--registry", str(planted), "-q", "--latency-runs", "20"]) == 0  # fmt: skip
     torch_model, x, labels = _model_and_inputs(planted)
-    runtime = get_runtime("onnxruntime")
-    session = runtime.open(tmp_path / "o" / "planted" / "server" / "model.onnx")
-    d = diagnose_session("model.onnx", session, runtime, torch_model, x, labels)
+    out = tmp_path / "o" / "planted" / target
+    manifest = json.loads((out / "manifest.json").read_text())
+    (entry,) = [a for a in manifest["artifacts"] if a["path"] == artifact]
+    runtime = runtime_for(Artifact(artifact, entry["format"], runtime=entry["runtime"]), get_target(target))
+    d = diagnose_session(artifact, runtime.open(out / artifact), runtime, torch_model, x, labels)
     modules = {r.module for r in d.layers}
-    assert {"backbone.stem.0", "backbone.sensitive.0", "backbone.sensitive.1", "backbone.fc"} <= modules
-    assert all(r.cosine_min > 0.99999 and r.relative_error < 1e-4 for r in d.layers)
-    assert d.final_cosine_min > 0.99999
+    # a toolchain may fold a layer into another (a batch norm, a constant multiply, a ReLU into a conv)
+    assert len(modules) >= 6 and {"backbone.body.3", "backbone.fc"} <= modules
+    assert all(r.cosine_min > 0.9999 for r in d.layers)
+    assert d.final_cosine_min > 0.9999 and d.start is None or d.layers[d.start].relative_error < 1e-3
 
 
 def test_pairing_does_not_pair_a_scaled_copy():
