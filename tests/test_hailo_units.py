@@ -369,3 +369,48 @@ def test_a_token_mean_is_rewritten_as_a_global_pool(keepdims):
     for before, after in zip(*run, strict=True):
         assert before.shape == after.shape
         np.testing.assert_allclose(after, before, rtol=1e-6, atol=1e-6)
+
+
+class _ContextVector(torch.nn.Module):
+    """MobileViT-v2's separable attention: a context vector expanded to the value's shape, then multiplied."""
+
+    def forward(self, x):
+        scores = x.softmax(dim=-1)
+        context = (x * scores).sum(dim=-1, keepdim=True)
+        return torch.relu(x) * context.expand_as(x)
+
+
+def test_a_redundant_expand_is_removed_with_its_shape_arithmetic():
+    import io
+
+    import onnx
+    import onnxruntime as ort
+
+    from zoo.hailo.rewrites import rewrite_for_dfc
+
+    x = np.random.default_rng(0).standard_normal((1, 4, 6, 8)).astype(np.float32)
+    buffer = io.BytesIO()
+    torch.onnx.export(_ContextVector(), torch.from_numpy(x), buffer, opset_version=17, dynamo=False)
+    # shapes propagated as data, as the static Hailo export has them after its second onnxslim pass
+    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue()), data_prop=True)
+    assert "Expand" in {f.op_type for f in preflight(model).unsupported}
+    rewritten, counts = rewrite_for_dfc(model)
+    assert counts == {"Expand": 1}
+    assert not {"Expand", "Shape"} & {n.op_type for n in rewritten.graph.node}  # its shape input went too
+    feed = {model.graph.input[0].name: x}
+    run = [ort.InferenceSession(m.SerializeToString()).run(None, feed)[0] for m in (model, rewritten)]
+    np.testing.assert_array_equal(run[1], run[0])
+
+
+def test_an_expand_that_broadcasts_more_than_its_consumer_is_kept():
+    from zoo.hailo.rewrites import rewrite_for_dfc
+
+    shape = numpy_helper.from_array(np.array([1, 3, 8, 8], np.int64), "shape")
+    nodes = [
+        helper.make_node("ReduceMean", ["images"], ["m"], name="mean", axes=[2, 3], keepdims=1),
+        helper.make_node("Expand", ["m", "shape"], ["e"], name="expand"),
+        helper.make_node("ReduceMean", ["images"], ["small"], name="mean2", axes=[3], keepdims=1),
+        helper.make_node("Mul", ["small", "e"], ["y"], name="mul"),  # (1,3,8,1) · expanded: the Expand matters
+    ]
+    rewritten, counts = rewrite_for_dfc(_graph(nodes, [shape], outputs=("y",)))
+    assert counts == {} and "Expand" in {n.op_type for n in rewritten.graph.node}

@@ -7,6 +7,8 @@ Each is the op's own definition in supported ops, so the numbers do not move bey
   - ReduceMean over the tokens of a (1, N, C) tensor → Transpose to (1, C, N), Unsqueeze to (1, C, 1, N),
     a spatial ReduceMean, Reshape to the original output: the token mean as the global average pool
     the DFC takes (LeViT's and DINOv3's pooled head)
+  - Expand(x, shape) whose every consumer is an element-wise Add/Sub/Mul/Div with an operand of that
+    shape → removed: the consumer's own broadcasting computes the same (MobileViT-v2's context vector)
 A rewrite that does not apply to a node (another rank, axes given as an input) leaves it as it is.
 """
 
@@ -77,6 +79,37 @@ def _token_mean(onnx, node, add_init, x: TensorType):
     ]
 
 
+BROADCASTING = {"Add", "Sub", "Mul", "Div"}
+
+
+def redundant_expands(graph, tensors) -> dict[str, str]:
+    """{Expand output: its input} for the Expands whose every consumer is a broadcasting element-wise op
+    whose other operand already has the Expand's (static) output shape."""
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    found = {}
+    for node in graph.node:
+        if node.op_type != "Expand" or node.output[0] in outputs:
+            continue
+        shape = getattr(tensors.get(node.output[0]), "shape", None)
+        users = consumers.get(node.output[0], [])
+        if not users or shape is None or None in shape:
+            continue
+        ok = all(
+            user.op_type in BROADCASTING
+            and len(user.input) == 2
+            and list(user.input).count(node.output[0]) == 1
+            and getattr(tensors.get(next(i for i in user.input if i != node.output[0])), "shape", None) == shape
+            for user in users
+        )
+        if ok:
+            found[node.output[0]] = node.input[0]
+    return found
+
+
 REWRITES = {"Neg": _neg, "ReduceL2": _reduce_l2, "ReduceMean": _token_mean}
 
 
@@ -86,17 +119,23 @@ def rewrite_for_dfc(model) -> tuple[object, dict[str, int]]:
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    if not any(n.op_type in REWRITES for n in graph.node):
+    if not any(n.op_type in REWRITES or n.op_type == "Expand" for n in graph.node):
         return model, {}
     tensors = tensor_types(model)
+    expands = redundant_expands(graph, tensors)
 
     def add_init(name, value, dtype):
         graph.initializer.append(_constant(onnx, name, value, dtype))
         return name
 
-    counts: dict[str, int] = {}
+    counts: dict[str, int] = {"Expand": len(expands)} if expands else {}
     nodes = []
     for node in graph.node:
+        if node.op_type == "Expand" and node.output[0] in expands:
+            continue
+        for i, name in enumerate(node.input):
+            if name in expands:
+                node.input[i] = expands[name]
         rewrite = REWRITES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         x = tensors.get(node.input[0], TensorType(onnx.TensorProto.FLOAT, None)) if node.input else None
         replaced = rewrite(onnx, node, add_init, x) if rewrite and x else None
@@ -106,5 +145,15 @@ def rewrite_for_dfc(model) -> tuple[object, dict[str, int]]:
         nodes += replaced
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     del graph.node[:]
-    graph.node.extend(nodes)
+    graph.node.extend(_live(nodes, {o.name for o in graph.output}))
     return model, counts
+
+
+def _live(nodes: list, outputs: set[str]) -> list:
+    """The nodes the graph's outputs depend on (a removed Expand leaves its shape computation unused)."""
+    needed, kept = set(outputs), []
+    for node in reversed(nodes):
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(node.input)
+    return kept[::-1]
