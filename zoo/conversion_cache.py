@@ -197,7 +197,7 @@ def restore_conversion(key: str, work: Path) -> tuple[Report, dict] | None:
     if entry is None or not cache.restore(entry, work):
         return None
     try:
-        report = Report.from_dict(json.loads((work / "report.json").read_text()))
+        report = Report.read(work)
         manifest = read_manifest(work)
     except (OSError, ValueError, KeyError, TypeError):
         return None

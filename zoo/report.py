@@ -73,6 +73,13 @@ class Report:
             diagnoses=tuple(d.get("diagnosis", ())),
         )
 
+    @classmethod
+    def read(cls, folder) -> Report:
+        """The report.json of an output folder."""
+        from pathlib import Path
+
+        return cls.from_dict(json.loads((Path(folder) / "report.json").read_text()))
+
     @property
     def wall_time(self) -> str:
         """'12.3 s (torch_to_onnx 2.1 s, validation 9.8 s)', or '' when nothing was timed."""

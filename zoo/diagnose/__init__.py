@@ -269,13 +269,12 @@ def module_nodes(torch_model, x: np.ndarray, session, modules: list[str]) -> dic
     reference = session.intermediates(x)
     producers = session.producers()
     pairs = {p.module: p for p in pair(taps, reference)}
-    order = {t.module: i for i, t in enumerate(taps)}
     result: dict[str, list[str]] = {}
     for module in modules:
         calls = [t for t in taps if t.module == module or t.module.startswith(module + "#")]
         nodes: list[str] = []
         for tap in calls:
-            paired = pairs.get(tap.module) or _deepest_paired(tap.module, taps, pairs, order)
+            paired = pairs.get(tap.module) or _deepest_paired(tap.module, taps, pairs)
             if paired is None:
                 continue
             before = {pairs[t.module].tensor for t in taps[: tap.started] if t.module in pairs}
@@ -286,7 +285,7 @@ def module_nodes(torch_model, x: np.ndarray, session, modules: list[str]) -> dic
     return result
 
 
-def _deepest_paired(module, taps, pairs, order):
+def _deepest_paired(module, taps, pairs):
     """A module whose own output was left unpaired (it equals a child's): the last paired call inside it."""
     inside = [t for t in taps if t.module.startswith(module + ".") and t.module in pairs]
     return pairs[inside[-1].module] if inside else None

@@ -26,8 +26,13 @@ def diagnose_failures(model, target, out_dir: Path, artifacts, refs, checks, tor
     `zoo validate` put in the report. A diagnosis that cannot run is a 'not run' row, never an error
     that hides the failed check it was meant to explain."""
     failed = {a: c for a, c in parity_rows(checks).items() if c.status is Status.FAIL}
-    if not failed or torch_model is None:
+    if not failed:
         return (), []
+    if torch_model is None:
+        return (), [
+            _not_run(a, "the source is an ONNX file: the diagnosis pairs the artifact with a torch model's modules")
+            for a in failed
+        ]
     from zoo.validators import runtime_for
 
     diagnoses, rows = [], []
@@ -134,7 +139,7 @@ def diagnose_dir(
             f"{model.name}'s source is an ONNX file: zoo diagnose pairs the artifact with a torch model's modules"
         )
     report_path = out_dir / "report.json"
-    checks = Report.from_dict(json.loads(report_path.read_text())).checks if report_path.is_file() else ()
+    checks = Report.read(out_dir).checks if report_path.is_file() else ()
     rows = parity_rows(checks)
     runnable = [a for a in artifacts if a.runnable]
     names = [a.name for a in runnable]

@@ -66,7 +66,9 @@ def suggestions(diagnosis, manifest: dict, out_dir: Path, model, teacher, target
                 "no re-quantization was tried",
             }
         ]
-    before = _figures(manifest_report(out_dir), diagnosis.artifact)
+    from zoo.report import Report
+
+    before = _figures(Report.read(out_dir), diagnosis.artifact)
     tried: dict[tuple[str, ...], dict] = {}
 
     def attempt(modules: list[str]) -> dict:
@@ -143,14 +145,6 @@ def sorted_by(units: list[str], chosen: list[str]) -> list[str]:
     """`chosen` in the blocks' execution order (one knob line reads in model order)."""
     order = {u: i for i, u in enumerate(units)}
     return sorted(dict.fromkeys(chosen), key=lambda u: order.get(u, len(order)))
-
-
-def manifest_report(out_dir: Path):
-    import json
-
-    from zoo.report import Report
-
-    return Report.from_dict(json.loads((Path(out_dir) / "report.json").read_text()))
 
 
 def _figures(report, artifact: str) -> dict:

@@ -157,7 +157,7 @@ def _budget(manifest: dict | None, target_name: str) -> tuple[float | None, int 
 def read_cell(out_dir: Path, model: str, target: str, converted: bool = False) -> Cell:
     """A cell from an output directory's report.json (and its manifest, for the latency budget)."""
     try:
-        report = Report.from_dict(json.loads((out_dir / "report.json").read_text()))
+        report = Report.read(out_dir)
     except (OSError, ValueError, KeyError) as exc:
         return Cell(model, target, "error", detail=f"{out_dir}/report.json unreadable: {exc}", out_dir=str(out_dir))
     try:
