@@ -34,6 +34,7 @@ def cpu() -> str:
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
     flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
     simd = "AVX-512" if "avx512f" in flags else ("AVX2" if "avx2" in flags else "no AVX2")
+    simd += " VNNI" if "avx512_vnni" in flags else ""  # int8 kernels differ with it
     return f"{name}, {os.cpu_count()} cores, {simd}"
 
 

@@ -22,18 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_cache import cpu  # the host line every benchmark prints (benchmarks/ is on the path when run)
+
 CELLS = ("cov_mobilevitv2:android-int8", "cov_mobilenetv4:openvino-int8", "cov_deit:hailo8l")
-
-
-def cpu() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU"
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-    simd = "AVX-512 VNNI" if "avx512_vnni" in flags else ("AVX-512" if "avx512f" in flags else "AVX2")
-    return f"{name}, {os.cpu_count()} cores, {simd}"
 
 
 def zoo(args: list[str], env: dict) -> tuple[float, int]:

@@ -129,14 +129,13 @@ def cmd_validate(*, directory: Path, latency_runs: int, eval_set: Path | None, q
 
 
 def cmd_diagnose(*, directory: Path, artifact: str | None, inputs: int, suggest: bool, quiet: bool) -> int:
-    from zoo.diagnose.run import diagnose_dir
+    from zoo.diagnose.run import diagnose_dir, parity_said
 
     diagnoses, passed = diagnose_dir(
         directory, artifact=artifact, inputs=inputs, suggest=suggest, progress=Progress(enabled=not quiet)
     )
     for d in diagnoses:
-        verdict = {True: "parity vs source passed", False: "parity vs source FAILED", None: "no parity row"}
-        print(f"{d.artifact}: {verdict[passed.get(d.artifact)]}; {d.summary()}")
+        print(f"{d.artifact}: {parity_said(passed.get(d.artifact))}; {d.summary()}")
         print(d.to_markdown())
     print(f"per-layer tables: {Path(directory) / 'diagnosis.md'} (every layer), diagnosis.json, diagnosis.svg")
     return 0

@@ -144,7 +144,7 @@ class OnnxToHef:
         from zoo.runtimes.onnxruntime import OrtSession
 
         # the model's float_modules: Hailo has no float, so their activations go to 16 bits (a16_w16)
-        kept = {n for nodes in float_module_nodes(ctx, OrtSession(onnx_path)).values() for n in nodes}
+        kept = {n for nodes in float_module_nodes(ctx, lambda: OrtSession(onnx_path)).values() for n in nodes}
         wide = [o for node in graph.graph.node if (node.name or node.output[0]) in kept for o in node.output]
         with ctx.progress.step("int8 emulation (ONNX Runtime QDQ, Hailo-like scheme)"):
             plan = build_emulated_model(

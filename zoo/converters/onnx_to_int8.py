@@ -86,7 +86,7 @@ class OnnxToInt8:
 
         calib = ctx.calibration_set(ORT_RECOMMENDED)
         scheme = scheme_for(onnx.load(str(source), load_external_data=False).graph)
-        kept = [n for nodes in float_module_nodes(ctx, OrtSession(source)).values() for n in nodes]
+        kept = [n for nodes in float_module_nodes(ctx, lambda: OrtSession(source)).values() for n in nodes]
         if kept:  # the model's float_modules for this target
             scheme = replace(scheme, float_nodes=tuple(dict.fromkeys([*scheme.float_nodes, *kept])))
         quantize_qdq(

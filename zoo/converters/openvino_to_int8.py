@@ -72,7 +72,7 @@ class OpenVinoToInt8:
         from zoo.diagnose import float_module_nodes
 
         calib = ctx.calibration_set(NNCF_RECOMMENDED)
-        kept = [n for nodes in float_module_nodes(ctx, OpenVinoSession(source)).values() for n in nodes]
+        kept = [n for nodes in float_module_nodes(ctx, lambda: OpenVinoSession(source)).values() for n in nodes]
         ignored = list(dict.fromkeys([*float_tail(model), *kept]))  # kept: the model's float_modules
         kwargs = {
             "subset_size": calib.count,

@@ -196,7 +196,7 @@ def diagnose_session(
     if not exposed:
         raise NotExposed(f"{runtime.name} cannot expose the intermediate tensors of {name}")
     taps, final = module_taps(torch_model, x)
-    reference_session = session.reference_twin()
+    reference_session = None if twin is not None else session.reference_twin()
     if twin is not None:
         paired_on, reference, bounds = twin[0], twin[1].intermediates(x), ()
     elif reference_session is not None:
@@ -211,12 +211,9 @@ def diagnose_session(
     missing = len(pairs) - len(rows)
     if missing:
         unmapped.append(f"{missing} paired tensors are not in {name} (renamed or fused by its toolchain)")
-    tapped = None
-    if rows and exposed:
-        last = list(exposed.values())[-1]
-        if last.size == final.size:
-            tapped = round(float(cosine_rows(final, last.reshape(len(x), -1)).min()), 6)
-    diagnosis = Diagnosis(
+    last = list(exposed.values())[-1]  # the artifact's output, computed with every tensor exposed
+    tapped = round(float(cosine_rows(final, last.reshape(len(x), -1)).min()), 6) if last.size == final.size else None
+    return Diagnosis(
         artifact=name,
         runtime=runtime.name,
         fidelity=runtime.fidelity,
@@ -230,7 +227,6 @@ def diagnose_session(
         tapped_final_cosine_min=tapped,
         unmapped="; ".join(unmapped),
     )
-    return diagnosis
 
 
 def worst_inputs(per_sample_cosine: list[float] | None, total: int, count: int) -> list[int]:
@@ -307,9 +303,10 @@ def _nodes_between(producers: dict, stop: set[str], tensor: str, activations: se
     return nodes
 
 
-def float_module_nodes(ctx, session) -> dict[str, list[str]]:
+def float_module_nodes(ctx, open_session) -> dict[str, list[str]]:
     """{module: nodes} of the modules the model's `float_modules` names for this target, in the graph
-    `session` runs (the int8 step's fp32 input); recorded in the manifest. Empty when none are named."""
+    the session `open_session()` gives runs (the int8 step's fp32 input); recorded in the manifest.
+    Empty when none are named — then no session is opened."""
     from zoo.errors import ConversionError, UsageError
 
     modules = list(ctx.model.float_modules.get(ctx.target.name, []))
@@ -317,7 +314,7 @@ def float_module_nodes(ctx, session) -> dict[str, list[str]]:
         return {}
     if ctx.torch_model is None:
         raise UsageError(f"float_modules of {ctx.model.name} name torch modules; its source is not a torch model")
-    mapping = module_nodes(ctx.torch_model, ctx.sample_inputs[:DEFAULT_INPUTS], session, modules)
+    mapping = module_nodes(ctx.torch_model, ctx.sample_inputs[:DEFAULT_INPUTS], open_session(), modules)
     lost = [m for m, nodes in mapping.items() if not nodes]
     if lost:
         raise ConversionError(

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from zoo.diagnose.pairing import ModuleTap, Pairing, to_module_layout
+from zoo.diagnose.pairing import ModuleTap, Pairing, relative_error, to_module_layout
 from zoo.validators.metrics import cosine_rows
 
 JUMP_SHARE = 0.5  # the first layer that adds at least this share of the largest single addition
@@ -54,7 +54,7 @@ def layer_table(taps: list[ModuleTap], pairs: list[Pairing], artifact: dict[str,
         got = to_module_layout(value.astype(np.float32), shape, p.layout)
         want = tap.output
         cos = cosine_rows(want, got)
-        rel = float(np.linalg.norm((got - want).ravel()) / max(np.linalg.norm(want.ravel()), 1e-30))
+        rel = relative_error(want, got)
         added = max(0.0, rel - worst)
         worst = max(worst, rel)
         rows.append(

@@ -120,7 +120,8 @@ def per_sample(value: np.ndarray, n: int) -> tuple[int, ...] | None:
     return tuple(value.shape[1:])
 
 
-def _relative_error(want: np.ndarray, got: np.ndarray) -> float:
+def relative_error(want: np.ndarray, got: np.ndarray) -> float:
+    """‖got − want‖ / ‖want‖, in float64."""
     scale = np.linalg.norm(want.astype(np.float64).ravel())
     return float(np.linalg.norm((got.astype(np.float64) - want).ravel()) / max(scale, 1e-30))
 
@@ -172,7 +173,7 @@ def pair(
                 if key not in cache:
                     cache[key] = to_module_layout(reference[name], shape, layout).reshape(n, -1)[:, pos]
                 score = _cosine(want, cache[key])
-                if score < minimum or _relative_error(want, cache[key]) > max_error:
+                if score < minimum or relative_error(want, cache[key]) > max_error:
                     continue
                 if best is None or score > best[2] + 1e-7:
                     best = (name, layout, score)

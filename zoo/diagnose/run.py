@@ -194,6 +194,11 @@ def _choose(artifact, rows, sessions) -> list[str]:
     return [n for n, s in sessions.items() if s is not None][:1]
 
 
+def parity_said(passed: bool | None) -> str:
+    """How an artifact's parity-vs-source row ended, in words (None: it has none)."""
+    return {True: "parity vs source passed", False: "parity vs source FAILED", None: "no parity row"}[passed]
+
+
 def _write(out_dir: Path, diagnoses: list[Diagnosis], passed: dict) -> None:
     from zoo.outputs import write_text_atomic
 
@@ -201,9 +206,7 @@ def _write(out_dir: Path, diagnoses: list[Diagnosis], passed: dict) -> None:
     write_text_atomic(out_dir / "diagnosis.json", json.dumps(body, indent=2) + "\n")
     text = ["# zoo diagnose", ""]
     for d in diagnoses:
-        verdict = passed.get(d.artifact)
-        said = {True: "parity vs source PASSED", False: "parity vs source FAILED", None: "no parity row"}[verdict]
-        text += [f"{d.artifact}: {said}", "", d.to_markdown(every_layer=True)]
+        text += [f"{d.artifact}: {parity_said(passed.get(d.artifact))}", "", d.to_markdown(every_layer=True)]
     write_text_atomic(out_dir / "diagnosis.md", "\n".join(text))
     write_text_atomic(out_dir / "diagnosis.svg", error_svg(diagnoses))
 
