@@ -22,7 +22,6 @@ PARITY = "parity vs source"
 KNOWN: dict[tuple[str, str], str] = {
     ("cov_convnextv2", "openvino-int8"): PARITY,
     ("cov_convnextv2", "hailo8l"): "Div at node",
-    ("cov_deit", "hailo8l"): PARITY,
     ("cov_edgenext", "hailo8l"): "Div at node",
     ("cov_efficientvit", "tflite-int8"): "Pad output dimension overflowed",
     ("cov_efficientvit", "hailo8l"): "Div at node",
@@ -30,8 +29,6 @@ KNOWN: dict[tuple[str, str], str] = {
     ("cov_fastvit", "openvino-int8"): PARITY,
     ("cov_fastvit", "hailo8l"): PARITY,
     ("cov_levit", "openvino-int8"): PARITY,
-    ("cov_mobilenetv4", "openvino-int8"): PARITY,
-    ("cov_mobilevitv2", "android-int8"): PARITY,
     ("cov_mobilevitv2", "tflite"): "litert-torch",
     ("cov_mobilevitv2", "tflite-int8"): "litert-torch",
     ("cov_mobilevitv2", "openvino-int8"): "openvino_to_int8 failed",

@@ -24,7 +24,7 @@ import pytest
 
 from zoo.errors import ConversionError
 from zoo.fidelity import Fidelity, Status
-from zoo.hailo import CALIBRATION_FILE, HAR_FILE, HEF_FILE, MODEL_SCRIPT_FILE, ONNX_FILE
+from zoo.hailo import CALIBRATION_FILE, EMULATED_FILE, HAR_FILE, HEF_FILE, MODEL_SCRIPT_FILE, ONNX_FILE
 from zoo.hailo.bundle import array_sha256, compile_bundle, load_bundle, verify_bundle
 from zoo.pipeline import convert
 
@@ -75,6 +75,13 @@ def make_sdk_standin(calls: list, fail_at: str = ""):
             )
             self._onnx = model
             return "hn", "npz"
+
+        def get_hn(self):
+            import onnx
+
+            self._record("get_hn")
+            nodes = onnx.load(self._onnx).graph.node  # one parsed layer per ONNX node, as named there
+            return {"layers": {f"net/layer{i}": {"original_names": [n.name]} for i, n in enumerate(nodes)}}
 
         def load_model_script(self, text, append=False):
             self._record("load_model_script", text=text, append=append)
@@ -334,3 +341,37 @@ def test_convert_drives_the_dfc_when_it_imports(registry, tmp_path, monkeypatch)
     assert hef_validation and hef_validation[0].status is Status.NOT_RUN  # no HailoRT here: not run, not a pass
     assert "HailoRT (hailo_platform) is not installed" in hef_validation[0].detail
     assert np.load(outcome.out_dir / CALIBRATION_FILE).shape == (64, 64, 64, 3)
+
+
+def test_float_modules_go_to_16_bits_in_the_emulation_and_the_model_script(registry, tmp_path, monkeypatch):
+    """float_modules on hailo8l: the emulation quantizes those nodes' activations and weights to 16 bits;
+    on a DFC host the parsed layers computing them get precision_mode=a16_w16 (contract test)."""
+    import dataclasses
+
+    import onnx
+
+    from zoo.hailo.dfc import sixteen_bit_command
+    from zoo.registry import Registry
+
+    spec = dataclasses.replace(registry.get("tiny_vit"), float_modules={"hailo8l": ["backbone.blocks.0"]})
+    models = Registry([spec, registry.get(spec.teacher)])
+    out = convert("tiny_vit", "hailo8l", out_root=tmp_path / "o", registry=models, validate=False).out_dir
+    record = json.loads((out / "manifest.json").read_text())["hailo"]
+    nodes = record["sixteen_bit_nodes"]
+    assert nodes and all("blocks.0" in n for n in nodes)
+    emulated = onnx.load(str(out / EMULATED_FILE))
+    int16 = {i.name for i in emulated.graph.initializer if i.data_type == onnx.TensorProto.INT16}
+    assert record["emulation"]["sixteen_bit_weights"]
+    assert {f"{w}_quantized" for w in record["emulation"]["sixteen_bit_weights"]} <= int16
+    assert not any("blocks.1" in w for w in record["emulation"]["sixteen_bit_weights"])
+
+    calls: list = []
+    monkeypatch.setitem(sys.modules, "hailo_sdk_client", make_sdk_standin(calls))
+    compile_bundle(out)
+    text = dict(calls)["load_model_script"]["text"]
+    assert text.startswith((out / MODEL_SCRIPT_FILE).read_text())
+    command = text.strip().splitlines()[-1]
+    assert command.startswith("quantization_param([net/layer") and command.endswith("precision_mode=a16_w16)")
+    assert command.count("net/layer") == len(nodes)
+    with pytest.raises(ConversionError, match="no layer for 1 of 1 nodes"):
+        sixteen_bit_command({"layers": {"net/conv1": {"original_names": ["other"]}}}, ("fused_away",))

@@ -423,3 +423,42 @@ def test_an_int8_artifact_its_runtime_cannot_run_is_a_one_line_conversion_failur
     assert line.startswith("model.int8.tflite does not run on LiteRT XNNPACK: RuntimeError:") and "PADV2" in line
     assert "another int8 scheme" in hint
     assert speedup_check("LiteRT XNNPACK", Works(), Works(), 16, "m").status is Status.INFO
+
+
+# ---- a native crash is one line, exit 3 (the `zoo` command runs its work in a child process) ----
+
+SEGFAULTING_FACTORY = """
+import ctypes
+import torch
+
+
+class Crash(torch.nn.Module):
+    def forward(self, x):
+        ctypes.string_at(0)  # reads address 0: SIGSEGV, as a toolchain's native kernel would
+        return x
+
+
+def factory(**kwargs):
+    return Crash()
+"""
+
+
+def test_a_native_crash_is_one_line_and_exit_3(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "segfaulting.py").write_text(SEGFAULTING_FACTORY)
+    (tmp_path / "reg.toml").write_text(
+        '[models.crasher]\nrole = "teacher"\narchitecture = "segfaulting:factory"\n'
+        'embedding_dim = 8\ninput_size = 32\nembedding_space = "x"\n'
+    )
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("ZOO_NO_ISOLATION", None)
+    argv = [sys.executable, "-m", "zoo", "convert", "--model", "crasher", "--target", "server"]
+    argv += ["--registry", str(tmp_path / "reg.toml"), "--out", str(tmp_path / "out"), "-q"]
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == EXIT_CONVERSION_FAILED
+    errors = [line for line in done.stderr.splitlines() if line.startswith("zoo: error:")]
+    assert len(errors) == 1 and "native crash (SIGSEGV)" in errors[0] and "building crasher" in errors[0]
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "out" / "crasher" / "server").exists()  # nothing under the final name

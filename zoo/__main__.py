@@ -1,3 +1,3 @@
-from zoo.cli import main
+from zoo.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

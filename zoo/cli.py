@@ -674,6 +674,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> int:
+    """The `zoo` command: the work runs in a child process, so a native crash is one line, exit 3."""
+    from zoo.isolation import isolated, run_in_child
+
+    if isolated():
+        return main()
+    return run_in_child(sys.argv[1:])
+
+
 def main(argv: list[str] | None = None) -> int:
     # torch's exporter warns about its own internals on every export; users cannot act on it
     warnings.filterwarnings("ignore", message=r".*treespec.*LeafSpec.*", category=FutureWarning)

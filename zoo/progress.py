@@ -6,6 +6,10 @@ import sys
 import time
 from contextlib import contextmanager
 
+from zoo.isolation import note_step
+
+_STEPS: list[str] = []  # the steps running now, outermost first (for a native crash's one line)
+
 
 class Progress:
     def __init__(self, enabled: bool = True, stream=None):
@@ -20,7 +24,13 @@ class Progress:
     def step(self, label: str):
         self.say(f"{label} …")
         start = time.perf_counter()
-        yield
+        _STEPS.append(label)
+        note_step(" › ".join(_STEPS))
+        try:
+            yield
+        finally:
+            _STEPS.pop()
+            note_step(" › ".join(_STEPS))
         self.say(f"{label}: done in {time.perf_counter() - start:.1f} s")
 
 

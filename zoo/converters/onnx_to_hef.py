@@ -77,7 +77,7 @@ class OnnxToHef:
         from zoo.calibration import build_calibration_set
         from zoo.hailo.bundle import BUNDLE_ARG, compile_instructions, write_parity_reference
         from zoo.hailo.dfc import DfcJob, dfc_unavailable_reason, not_run_checks, run_dfc
-        from zoo.hailo.emulation import build_emulated_model
+        from zoo.hailo.emulation import build_emulated_model, weight_axes
         from zoo.hailo.estimate import count_gflops, estimate_latency, latency_check
         from zoo.hailo.model_script import build_model_script, family_of, read_override
         from zoo.hailo.ops import preflight
@@ -143,9 +143,11 @@ class OnnxToHef:
         from zoo.diagnose import float_module_nodes
         from zoo.runtimes.onnxruntime import OrtSession
 
-        # the model's float_modules: Hailo has no float, so their activations go to 16 bits (a16_w16)
+        # the model's float_modules: Hailo has no float, so they go to 16 bits, activations and weights
+        # (the DFC's precision_mode=a16_w16)
         kept = {n for nodes in float_module_nodes(ctx, lambda: OrtSession(onnx_path)).values() for n in nodes}
         wide = [o for node in graph.graph.node if (node.name or node.output[0]) in kept for o in node.output]
+        wide_weights = weight_axes(graph.graph, kept)
         with ctx.progress.step("int8 emulation (ONNX Runtime QDQ, Hailo-like scheme)"):
             plan = build_emulated_model(
                 onnx_path,
@@ -157,6 +159,7 @@ class OnnxToHef:
                 std=ctx.model.std,
                 metadata=emulated_metadata(ctx.metadata, host_l2),
                 sixteen_bit=wide,
+                sixteen_bit_weights=wide_weights,
             )
         ctx.checks.append(_photo_parity_check(work / EMULATED_FILE, parity, ctx.target.min_cosine_vs_source))
         if plan.not_emulated:
@@ -191,6 +194,7 @@ class OnnxToHef:
             "parity_reference": PARITY_FILE,
             "emulated_int8": EMULATED_FILE,
             "start_node_names": list(report.input_names),
+            "sixteen_bit_nodes": sorted(kept),
             "end_node_names": list(report.output_nodes),
             "net_input_shapes": report.input_shapes,
             "input": {
@@ -244,6 +248,7 @@ class OnnxToHef:
                 start_node_names=report.input_names,
                 end_node_names=report.output_nodes,
                 net_input_shapes=report.input_shapes,
+                sixteen_bit_nodes=tuple(sorted(kept)),
             )
             with ctx.progress.step("Hailo Dataflow Compiler"):
                 result = run_dfc(

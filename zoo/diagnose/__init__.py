@@ -265,6 +265,7 @@ def module_nodes(torch_model, x: np.ndarray, session, modules: list[str]) -> dic
     reference = session.intermediates(x)
     producers = session.producers()
     pairs = {p.module: p for p in pair(taps, reference)}
+    activations = computed_from(set(reference), producers)
     result: dict[str, list[str]] = {}
     for module in modules:
         calls = [t for t in taps if t.module == module or t.module.startswith(module + "#")]
@@ -274,7 +275,7 @@ def module_nodes(torch_model, x: np.ndarray, session, modules: list[str]) -> dic
             if paired is None:
                 continue
             before = {pairs[t.module].tensor for t in taps[: tap.started] if t.module in pairs}
-            for node in _nodes_between(producers, before, paired.tensor, set(reference)):
+            for node in _nodes_between(producers, before, paired.tensor, activations):
                 if node not in nodes:
                     nodes.append(node)
         result[module] = nodes
@@ -285,6 +286,22 @@ def _deepest_paired(module, taps, pairs):
     """A module whose own output was left unpaired (it equals a child's): the last paired call inside it."""
     inside = [t for t in taps if t.module.startswith(module + ".") and t.module in pairs]
     return pairs[inside[-1].module] if inside else None
+
+
+def computed_from(seeds: set[str], producers: dict) -> set[str]:
+    """`seeds` and every tensor computed from one of them. The exposed tensors are only those with the
+    batch axis first; what attention computes between them (heads first, tokens first) is reached here."""
+    consumers: dict[str, list[str]] = {}
+    for tensor, (_node, inputs) in producers.items():
+        for i in inputs:
+            consumers.setdefault(i, []).append(tensor)
+    found, todo = set(seeds), list(seeds)
+    while todo:
+        for t in consumers.get(todo.pop(), ()):
+            if t not in found:
+                found.add(t)
+                todo.append(t)
+    return found
 
 
 def _nodes_between(producers: dict, stop: set[str], tensor: str, activations: set[str]) -> list[str]:

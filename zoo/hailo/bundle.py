@@ -213,6 +213,7 @@ def compile_bundle(directory: Path, *, progress: Progress = QUIET) -> CompileOut
         end_node_names=tuple(record["end_node_names"]),
         net_input_shapes=dict(record["net_input_shapes"]),
         hw_arch=record.get("hw_arch", HW_ARCH),
+        sixteen_bit_nodes=tuple(record.get("sixteen_bit_nodes", ())),
     )
     parity = load_parity_reference(bundle.path(PARITY_FILE))
     target = bundle.manifest["target"]

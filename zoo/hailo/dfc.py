@@ -48,6 +48,8 @@ class DfcJob:
     end_node_names: tuple[str, ...]
     net_input_shapes: dict[str, list[int]]
     hw_arch: str = HW_ARCH
+    # ONNX nodes of the model's float_modules: their Hailo layers get precision_mode=a16_w16
+    sixteen_bit_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -153,7 +155,10 @@ def run_dfc(
                 _ladder_check("native (parsed float model)", "SDK_NATIVE", out, parity, FLOAT_LADDER_MIN_COSINE)
             )
         stage = "load_model_script"
-        runner.load_model_script(job.model_script)
+        script = job.model_script
+        if job.sixteen_bit_nodes:  # the model's float_modules, named by the parsed layers that compute them
+            script += sixteen_bit_command(runner.get_hn(), job.sixteen_bit_nodes)
+        runner.load_model_script(script)
         stage = "optimize"
         say(f"DFC: optimizing (quantization) on {len(job.calibration)} calibration images")
         runner.optimize(np.ascontiguousarray(job.calibration, np.float32))
@@ -188,6 +193,23 @@ def run_dfc(
         getattr(hailo_sdk_client, "__version__", "unknown"),
         tuple(ladder),
     )
+
+
+def sixteen_bit_command(hn: dict, nodes: tuple[str, ...]) -> str:
+    """The model-script line that puts the parsed layers computing `nodes` (ONNX node names) at 16 bits.
+    The parsed HN names each layer's ONNX nodes in `original_names` (as Hailo's model zoo's
+    hn_editor/layer_splitter.py reads them); a node no layer claims is refused, not dropped."""
+    wanted = set(nodes)
+    layers = [name for name, layer in hn.get("layers", {}).items() if wanted & set(layer.get("original_names", ()))]
+    claimed = {n for layer in hn.get("layers", {}).values() for n in layer.get("original_names", ())}
+    missing = sorted(wanted - claimed)
+    if missing or not layers:
+        raise ConversionError(
+            f"float_modules: the parsed Hailo model has no layer for {len(missing)} of {len(wanted)} nodes "
+            f"(e.g. {', '.join(missing[:3])})",
+            hint="the DFC fused or removed them; name the enclosing module in float_modules instead",
+        )
+    return f"\nquantization_param([{', '.join(layers)}], precision_mode=a16_w16)\n"
 
 
 def not_run_checks(reason: str, compile_hint: str) -> list[Check]:

@@ -50,6 +50,7 @@ class PrecisionPlan:
     sixteen_bit: tuple[str, ...]  # activation tensors quantized to 16 bits
     emulated: tuple[str, ...]  # script commands applied
     not_emulated: tuple[str, ...]  # script commands on layers zoo cannot map to ONNX tensors
+    sixteen_bit_weights: tuple[str, ...] = ()  # weight initializers quantized to 16 bits
 
     def record(self) -> dict:
         return {
@@ -57,6 +58,7 @@ class PrecisionPlan:
             "(min/max calibration), uint8 pixel input (scale 1), 16-bit activations where the model script says",
             "ew_add_layers": len(self.ew_adds),
             "sixteen_bit_tensors": list(self.sixteen_bit),
+            "sixteen_bit_weights": list(self.sixteen_bit_weights),
             "emulated_commands": list(self.emulated),
             "not_emulated_commands": list(self.not_emulated),
         }
@@ -140,6 +142,27 @@ def plan_precision(graph, script_text: str, net_name: str) -> PrecisionPlan:
     return PrecisionPlan(tuple(adds), sixteen, tuple(emulated), tuple(skipped))
 
 
+def weight_axes(graph, nodes: set[str]) -> dict[str, int]:
+    """The weight initializers of `nodes` (conv, dense, matmul by a constant) → their output-channel
+    axis, the axis their per-channel scales run along."""
+    initializers = {i.name: len(i.dims) for i in graph.initializer}
+    axes: dict[str, int] = {}
+    for node in graph.node:
+        if (node.name or node.output[0]) not in nodes or len(node.input) < 2 or node.input[1] not in initializers:
+            continue
+        rank = initializers[node.input[1]]
+        if node.op_type == "Conv":
+            axes[node.input[1]] = 0
+        elif node.op_type == "ConvTranspose":
+            axes[node.input[1]] = 1
+        elif node.op_type == "Gemm":
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            axes[node.input[1]] = 0 if trans_b else 1
+        elif node.op_type == "MatMul" and rank >= 2:
+            axes[node.input[1]] = rank - 1
+    return axes
+
+
 def device_interface_model(model, mean_255, std_255):
     """The Hailo-ready ONNX behind the .hef's interface: NHWC 0–255 pixels → normalization → network."""
     onnx = require("onnx", "onnx")
@@ -179,9 +202,11 @@ def build_emulated_model(
     std: tuple[float, ...],
     metadata: dict[str, str],
     sixteen_bit: list[str] = (),
+    sixteen_bit_weights: dict[str, int] | None = None,
 ) -> PrecisionPlan:
     """Write the emulated int8 model to `out_path`; returns what the emulation applied. `sixteen_bit`:
-    more activation tensors at 16 bits (the model's float_modules)."""
+    more activation tensors at 16 bits, `sixteen_bit_weights`: weight initializer → its channel axis,
+    quantized per channel at 16 bits (together: `precision_mode=a16_w16` on the model's float_modules)."""
     onnx = require("onnx", "onnx")
     from onnxruntime.quantization import QuantType
 
@@ -189,12 +214,16 @@ def build_emulated_model(
     plan = plan_precision(source.graph, script_text, net_name)
     if sixteen_bit:
         plan = replace(plan, sixteen_bit=tuple(dict.fromkeys([*plan.sixteen_bit, *sixteen_bit])))
+    plan = replace(plan, sixteen_bit_weights=tuple(sorted(sixteen_bit_weights or {})))
     mean_255 = [m * 255.0 for m in mean]
     std_255 = [s * 255.0 for s in std]
     float_model = device_interface_model(source, mean_255, std_255)
     tmp = out_path.with_name(out_path.stem + ".float.tmp.onnx")
     onnx.save_model(float_model, str(tmp))
     overrides: dict = {t: [{"quant_type": QuantType.QUInt16}] for t in plan.sixteen_bit}
+    overrides |= {
+        w: [{"quant_type": QuantType.QInt16, "axis": axis}] for w, axis in (sixteen_bit_weights or {}).items()
+    }
     # The device receives uint8 pixels: quantize the input on exactly that grid.
     overrides[PIXELS_INPUT] = [
         {"quant_type": QuantType.QUInt8, "scale": np.array(1.0, np.float32), "zero_point": np.array(0, np.uint8)}
@@ -223,6 +252,7 @@ def build_emulated_model(
         META_MEAN: json.dumps(list(mean)),
         META_STD: json.dumps(list(std)),
         "sixteen_bit_tensors": json.dumps(list(plan.sixteen_bit)),
+        "sixteen_bit_weights": json.dumps(list(plan.sixteen_bit_weights)),
         # ONNX Runtime's extended optimizations fuse Q/DQ groups into its own integer kernels, which on CPUs
         # without VNNI saturate (u8×s8) and need not compute what the Q/DQ pairs say: run it as written
         "onnxruntime_graph_optimization": "basic",
