@@ -22,7 +22,6 @@ PARITY = "parity vs source"
 KNOWN: dict[tuple[str, str], str] = {
     ("cov_convnextv2", "openvino-int8"): PARITY,
     ("cov_convnextv2", "hailo8l"): "Div at node",
-    ("cov_edgenext", "hailo8l"): "Div at node",
     ("cov_efficientvit", "tflite-int8"): "Pad output dimension overflowed",
     ("cov_efficientvit", "hailo8l"): "Div at node",
     ("cov_fastvit", "android-int8"): PARITY,

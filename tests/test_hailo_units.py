@@ -414,3 +414,56 @@ def test_an_expand_that_broadcasts_more_than_its_consumer_is_kept():
     ]
     rewritten, counts = rewrite_for_dfc(_graph(nodes, [shape], outputs=("y",)))
     assert counts == {} and "Expand" in {n.op_type for n in rewritten.graph.node}
+
+
+class _CrossCovariance(torch.nn.Module):
+    """EdgeNeXt's XCA: q and k L2-normalized over the tokens (F.normalize), in the middle of the network."""
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        t = x.reshape(b, 2, c // 2, h * w)
+        q = torch.nn.functional.normalize(t, dim=-1)
+        k = torch.nn.functional.normalize(t * 2.0 + 1.0, dim=-1)
+        attn = (q @ k.transpose(-2, -1)).softmax(dim=-1)
+        return (attn @ t).reshape(b, c, h, w) / 3.0  # a Div by a constant stays as it is
+
+
+def test_an_l2_normalization_is_rewritten_as_a_layer_norm_and_keeps_the_numbers():
+    import io
+
+    import onnx
+    import onnxruntime as ort
+
+    from zoo.hailo.rewrites import rewrite_for_dfc
+
+    x = np.random.default_rng(0).standard_normal((1, 4, 6, 8)).astype(np.float32)
+    buffer = io.BytesIO()
+    torch.onnx.export(_CrossCovariance(), torch.from_numpy(x), buffer, opset_version=17, dynamo=False)
+    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue()), data_prop=True)
+    assert "Div" in {f.op_type for f in preflight(model).unsupported}
+    rewritten, counts = rewrite_for_dfc(model)
+    assert counts.get("Div") == 2 and "ReduceL2" not in counts  # the norms' ReduceL2 went with their Divs
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert ops.count("LayerNormalization") == 2 and "ReduceL2" not in ops and ops.count("Div") == 1
+    assert preflight(rewritten).unsupported == ()
+    feed = {model.graph.input[0].name: x}
+    for scale in (1.0, 1e-3, 1e3):  # the layer norm's ε must not show at any magnitude of the input
+        run = [
+            ort.InferenceSession(m.SerializeToString()).run(None, {k: v * scale for k, v in feed.items()})[0]
+            for m in (model, rewritten)
+        ]
+        np.testing.assert_allclose(run[1], run[0], rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_a_div_by_an_l2_norm_of_another_tensor_is_not_rewritten():
+    from zoo.hailo.rewrites import rewrite_for_dfc
+
+    eps = numpy_helper.from_array(np.array(1e-12, np.float32), "eps")
+    nodes = [
+        helper.make_node("Relu", ["images"], ["other"], name="other"),
+        helper.make_node("ReduceL2", ["other"], ["n"], name="norm", axes=[-1], keepdims=1),
+        helper.make_node("Clip", ["n", "eps"], ["c"], name="clamp"),
+        helper.make_node("Div", ["images", "c"], ["y"], name="div"),  # images / ‖relu(images)‖: not a normalize
+    ]
+    rewritten, counts = rewrite_for_dfc(_graph(nodes, [eps], outputs=("y",)))
+    assert "Div" not in counts and "Div" in {n.op_type for n in rewritten.graph.node}

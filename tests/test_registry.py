@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from zoo.errors import UsageError
@@ -76,6 +78,15 @@ def test_duplicate_name_needs_override(write_registry):
         load_registry([clash])
     allowed = write_registry(MODEL.format(name="convnext_tiny") + "override = true\n", "ok.toml")
     assert load_registry([allowed]).get("convnext_tiny").embedding_dim == 16
+
+
+def test_a_registry_file_named_twice_is_read_once(write_registry):
+    import zoo.reference_models
+
+    builtin = Path(zoo.reference_models.__file__).parent / "coverage.toml"
+    user = write_registry(MODEL.format(name="mine"))
+    registry = load_registry([builtin, user, user])
+    assert registry.get("cov_swin").input_size == 224 and registry.get("mine").embedding_dim == 16
 
 
 @pytest.mark.parametrize(

@@ -440,7 +440,11 @@ def load_registry(extra_paths: Sequence[Path | str] = ()) -> Registry:
     registry = Registry()
     problems, hints = [], []
     user_files = registry_files(extra_paths)
+    seen: set[Path] = set()
     for file in [*builtin_registry_files(), *user_files]:
+        if Path(file).resolve() in seen:  # the same file named twice (e.g. a built-in one) is read once
+            continue
+        seen.add(Path(file).resolve())
         try:
             registry.add_file(file)
         except UsageError as exc:  # go on, to report every file's problems at once

@@ -9,6 +9,10 @@ Each is the op's own definition in supported ops, so the numbers do not move bey
     the DFC takes (LeViT's and DINOv3's pooled head)
   - Expand(x, shape) whose every consumer is an element-wise Add/Sub/Mul/Div with an operand of that
     shape → removed: the consumer's own broadcasting computes the same (MobileViT-v2's context vector)
+  - Div(x, Clip|Max(ReduceL2(x, last axis), ε)) — an L2 normalization, F.normalize — → a
+    LayerNormalization over the last axis of [x, −x] (mean 0, so it divides by √(Σx²/N + ε′)), scaled by
+    1/√N, its first half kept: x / √(Σx² + Nε′) with Nε′ = ε² (EdgeNeXt's XCA normalizes q and k so).
+    The tensor is viewed as (1, rows, N) around it, the layout of a ViT's layer norm.
 A rewrite that does not apply to a node (another rank, axes given as an input) leaves it as it is.
 """
 
@@ -79,6 +83,88 @@ def _token_mean(onnx, node, add_init, x: TensorType):
     ]
 
 
+def l2_normalizations(graph, tensors, expands: dict[str, str]) -> dict[str, float]:
+    """{Div node: ε} for each Div(x, Clip/Max(ReduceL2(x, last axis, keepdims), ε)) on a static x whose
+    leading axis is 1 (`expands`: Expand outputs already removed, read through)."""
+    import numpy as np
+    import onnx
+
+    producer = {o: n for n in graph.node for o in n.output}
+    constants = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type == "Constant" and n.attribute:
+            value = onnx.helper.get_attribute_value(n.attribute[0])
+            constants[n.output[0]] = (
+                onnx.numpy_helper.to_array(value) if isinstance(value, onnx.TensorProto) else np.asarray(value)
+            )
+    found = {}
+    for node in graph.node:
+        if node.op_type != "Div" or len(node.input) != 2:
+            continue
+        x = node.input[0]
+        shape = getattr(tensors.get(x), "shape", None)
+        if not shape or None in shape or shape[0] != 1 or len(shape) < 2:
+            continue
+        clamp = producer.get(expands.get(node.input[1], node.input[1]))
+        if clamp is None or clamp.op_type not in ("Clip", "Max"):
+            continue
+        operands = [i for i in clamp.input if i]
+        eps = [constants[i] for i in operands[1:] if i in constants]
+        if clamp.op_type == "Clip" and (len(operands) != 2 or len(eps) != 1):
+            continue  # a Clip with a max, or a computed min, is something else
+        if clamp.op_type == "Max" and (len(operands) != 2 or len(eps) != 1):
+            continue
+        norm = producer.get(operands[0])
+        if norm is None or norm.op_type != "ReduceL2" or norm.input[0] != x or len(norm.input) > 1:
+            continue
+        axes = [a % len(shape) for a in node_attribute(norm, "axes", [])]
+        if axes != [len(shape) - 1] or not node_attribute(norm, "keepdims", 1):
+            continue
+        found[node.name or node.output[0]] = float(eps[0].reshape(-1)[0])
+    return found
+
+
+def _layer_norm_l2(onnx, node, add_init, x: TensorType, eps: float):
+    """x / max(‖x‖, ε) along the last axis as a layer norm of [x, −x] (see the module's docstring)."""
+    import math
+
+    shape = list(x.shape)
+    n = shape[-1]
+    rows = math.prod(shape[1:-1])
+    base = node.name or node.output[0]
+    make = onnx.helper.make_node
+    i64 = onnx.TensorProto.INT64
+    return [
+        make("Reshape", [node.input[0], add_init(f"{base}/rows", [1, rows, n], i64)], [f"{base}/x"], name=f"{base}/x"),
+        make("Mul", [f"{base}/x", add_init(f"{base}/minus_one", -1.0, x.dtype)], [f"{base}/neg"], name=f"{base}/neg"),
+        make("Concat", [f"{base}/x", f"{base}/neg"], [f"{base}/pair"], name=f"{base}/pair", axis=-1),
+        make(
+            "LayerNormalization",
+            [
+                f"{base}/pair",
+                add_init(f"{base}/scale", [1.0 / math.sqrt(n)] * (2 * n), x.dtype),
+                add_init(f"{base}/bias", [0.0] * (2 * n), x.dtype),
+            ],
+            [f"{base}/normalized"],
+            name=f"{base}/layer_norm",
+            axis=-1,
+            epsilon=max(eps, 1e-30) ** 2 / n,
+        ),
+        make(
+            "Slice",
+            [
+                f"{base}/normalized",
+                add_init(f"{base}/start", [0], i64),
+                add_init(f"{base}/end", [n], i64),
+                add_init(f"{base}/axis", [2], i64),
+            ],
+            [f"{base}/half"],
+            name=f"{base}/first_half",
+        ),
+        make("Reshape", [f"{base}/half", add_init(f"{base}/shape", shape, i64)], list(node.output), name=f"{base}/y"),
+    ]
+
+
 BROADCASTING = {"Add", "Sub", "Mul", "Div"}
 
 
@@ -119,23 +205,33 @@ def rewrite_for_dfc(model) -> tuple[object, dict[str, int]]:
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    if not any(n.op_type in REWRITES or n.op_type == "Expand" for n in graph.node):
+    if not any(n.op_type in REWRITES or n.op_type in ("Expand", "Div") for n in graph.node):
         return model, {}
     tensors = tensor_types(model)
     expands = redundant_expands(graph, tensors)
+    norms = l2_normalizations(graph, tensors, expands)
 
     def add_init(name, value, dtype):
         graph.initializer.append(_constant(onnx, name, value, dtype))
         return name
 
     counts: dict[str, int] = {"Expand": len(expands)} if expands else {}
-    nodes = []
+    if norms:
+        counts["Div"] = len(norms)  # the L2 normalizations; their ReduceL2/Clip are left unused
+    first = []
     for node in graph.node:
         if node.op_type == "Expand" and node.output[0] in expands:
             continue
         for i, name in enumerate(node.input):
             if name in expands:
                 node.input[i] = expands[name]
+        key = node.name or node.output[0]
+        if key in norms:
+            first += _layer_norm_l2(onnx, node, add_init, tensors[node.input[0]], norms[key])
+        else:
+            first.append(node)
+    nodes = []
+    for node in _live(first, {o.name for o in graph.output}):
         rewrite = REWRITES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
         x = tensors.get(node.input[0], TensorType(onnx.TensorProto.FLOAT, None)) if node.input else None
         replaced = rewrite(onnx, node, add_init, x) if rewrite and x else None
