@@ -39,8 +39,8 @@ from zoo.outputs import (
 from zoo.profiles import Profile, profile_for
 from zoo.progress import QUIET, Progress
 from zoo.registry import ModelSpec, Registry, load_registry, spec_from_manifest, spec_to_manifest
-from zoo.report import Report
 from zoo.reparameterize import DeploymentForm, deployment_form, fusable_modules
+from zoo.report import Report
 from zoo.runtimes import get_runtime
 from zoo.targets import TargetSpec, get_target, target_from_dict
 from zoo.validators import References, validate_artifacts
