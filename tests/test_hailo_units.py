@@ -79,6 +79,23 @@ def test_preflight_lists_every_planted_unsupported_op_with_its_node_name():
     assert "inside the network" in error.hint
 
 
+def test_preflight_error_names_each_kind_once_with_its_torch_module_and_a_count():
+    from zoo.hailo.ops import Finding, PreflightReport, module_of_node
+
+    assert (
+        module_of_node("/backbone/stages/stages.0/blocks/blocks.1/mlp/grn/Div") == "backbone.stages.0.blocks.1.mlp.grn"
+    )
+    assert module_of_node("/Div") == "" and module_of_node("node_div_3") == ""
+    findings = tuple(
+        Finding(f"/backbone/stages/stages.{i}/grn/Div", "Div", "divides by a computed tensor") for i in range(12)
+    ) + (Finding("/backbone/head/TopK", "TopK", "not in the table"),)
+    message = str(PreflightReport(100, {}, findings, (), (), ()).error("m.onnx"))
+    assert "13 problem(s)" in message and message.count("Div at node") == 1
+    assert "(module backbone.stages.0.grn)" in message and "and 11 more Div like it" in message
+    assert "TopK at node '/backbone/head/TopK' (module backbone.head)" in message and "more TopK" not in message
+    assert "\n" not in message and len(message) < 600
+
+
 def test_preflight_hint_cuts_a_tail_of_unsupported_ops():
     model = _planted_model()
     nodes = [n for n in model.graph.node if n.name not in ("mid/topk", "mid/fused_attention", "mid/add")]

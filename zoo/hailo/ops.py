@@ -134,7 +134,23 @@ class Finding:
     reason: str
 
     def line(self) -> str:
-        return f"{self.op_type} at node {self.node!r} ({self.reason})"
+        module = module_of_node(self.node)
+        return f"{self.op_type} at node {self.node!r}" + (f" (module {module})" if module else "") + f" ({self.reason})"
+
+
+def module_of_node(node: str) -> str:
+    """The torch module path a node of the legacy (TorchScript) exporter comes from, read off its scope name:
+    '/backbone/stages/stages.0/blocks/blocks.1/mlp/grn/Div' → 'backbone.stages.0.blocks.1.mlp.grn'
+    (a segment that repeats its parent's with '.N' is that child). '' for a name that carries no scope."""
+    if not node.startswith("/") or node.count("/") < 2:
+        return ""
+    parts: list[str] = []
+    for segment in node.strip("/").split("/")[:-1]:  # the last segment is the op itself
+        if parts and segment.startswith(parts[-1] + "."):
+            parts[-1] = segment
+        else:
+            parts.append(segment)
+    return ".".join(parts)
 
 
 @dataclass(frozen=True)
@@ -165,10 +181,17 @@ class PreflightReport:
         }
 
     def error(self, what: str = "the ONNX graph") -> ConversionError:
-        lines = [*self.graph_problems, *(f.line() for f in self.unsupported)]
-        message = f"{what} cannot go to the Hailo Dataflow Compiler (hailo8l): {len(lines)} problem(s): " + "; ".join(
-            lines
-        )
+        """One line: the graph's problems, then each kind of unsupported op once — its first node in full
+        (node, torch module, why) and how many more nodes share it."""
+        kinds: dict[tuple[str, str], list[Finding]] = {}
+        for finding in self.unsupported:
+            kinds.setdefault((finding.op_type, finding.reason), []).append(finding)
+        lines = list(self.graph_problems)
+        for findings in kinds.values():
+            more = len(findings) - 1
+            lines.append(findings[0].line() + (f" and {more} more {findings[0].op_type} like it" if more else ""))
+        total = len(self.graph_problems) + len(self.unsupported)
+        message = f"{what} cannot go to the Hailo Dataflow Compiler (hailo8l): {total} problem(s): " + "; ".join(lines)
         return ConversionError(message, hint=self.cut_hint or None)
 
 
