@@ -47,6 +47,21 @@ def write_registry(tmp_path):
     return write
 
 
+@pytest.fixture
+def factory_module(tmp_path, monkeypatch):
+    """Write a Python module a registry's `module:function` architecture can name, importable here and in
+    the child processes zoo starts."""
+
+    def write(name: str, source: str) -> Path:
+        path = tmp_path / f"{name}.py"
+        path.write_text(source)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+        return path
+
+    return write
+
+
 def tiny_models():
     from zoo.registry import load_registry
 

@@ -4,7 +4,6 @@ its tensors; the int8 suggestion re-quantizes with it in float and measurably im
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -65,10 +64,8 @@ embedding_space = "planted"
 
 
 @pytest.fixture
-def planted(tmp_path, monkeypatch, write_registry):
-    (tmp_path / "planted_factory.py").write_text(PLANTED)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+def planted(factory_module, write_registry):
+    factory_module("planted_factory", PLANTED)
     return write_registry(REGISTRY)
 
 

@@ -397,19 +397,25 @@ class _ContextVector(torch.nn.Module):
         return torch.relu(x) * context.expand_as(x)
 
 
-def test_a_redundant_expand_is_removed_with_its_shape_arithmetic():
+def _static_export(module, x: np.ndarray):
+    """`module` exported at opset 17 (legacy exporter) with its shapes propagated as data, as the static
+    Hailo export has them after its second onnxslim pass."""
     import io
 
     import onnx
+
+    buffer = io.BytesIO()
+    torch.onnx.export(module, torch.from_numpy(x), buffer, opset_version=17, dynamo=False)
+    return onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue()), data_prop=True)
+
+
+def test_a_redundant_expand_is_removed_with_its_shape_arithmetic():
     import onnxruntime as ort
 
     from zoo.hailo.rewrites import rewrite_for_dfc
 
     x = np.random.default_rng(0).standard_normal((1, 4, 6, 8)).astype(np.float32)
-    buffer = io.BytesIO()
-    torch.onnx.export(_ContextVector(), torch.from_numpy(x), buffer, opset_version=17, dynamo=False)
-    # shapes propagated as data, as the static Hailo export has them after its second onnxslim pass
-    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue()), data_prop=True)
+    model = _static_export(_ContextVector(), x)
     assert "Expand" in {f.op_type for f in preflight(model).unsupported}
     rewritten, counts = rewrite_for_dfc(model)
     assert counts == {"Expand": 1}
@@ -446,17 +452,12 @@ class _CrossCovariance(torch.nn.Module):
 
 
 def test_an_l2_normalization_is_rewritten_as_a_layer_norm_and_keeps_the_numbers():
-    import io
-
-    import onnx
     import onnxruntime as ort
 
     from zoo.hailo.rewrites import rewrite_for_dfc
 
     x = np.random.default_rng(0).standard_normal((1, 4, 6, 8)).astype(np.float32)
-    buffer = io.BytesIO()
-    torch.onnx.export(_CrossCovariance(), torch.from_numpy(x), buffer, opset_version=17, dynamo=False)
-    model = onnx.shape_inference.infer_shapes(onnx.load_from_string(buffer.getvalue()), data_prop=True)
+    model = _static_export(_CrossCovariance(), x)
     assert "Div" in {f.op_type for f in preflight(model).unsupported}
     rewritten, counts = rewrite_for_dfc(model)
     assert counts.get("Div") == 2 and "ReduceL2" not in counts  # the norms' ReduceL2 went with their Divs

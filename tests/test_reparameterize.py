@@ -2,7 +2,6 @@
 computes what the trained one does; parity vs source stays against the trained form."""
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -76,10 +75,8 @@ embedding_space = "rep"
 
 
 @pytest.fixture
-def rep_registry(tmp_path, monkeypatch, write_registry):
-    (tmp_path / "rep_factory.py").write_text(REPBLOCK)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+def rep_registry(factory_module, write_registry):
+    factory_module("rep_factory", REPBLOCK)
     return load_registry([write_registry(REGISTRY)])
 
 
