@@ -462,3 +462,18 @@ def test_a_native_crash_is_one_line_and_exit_3(tmp_path):
     assert len(errors) == 1 and "native crash (SIGSEGV)" in errors[0] and "building crasher" in errors[0]
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out" / "crasher" / "server").exists()  # nothing under the final name
+
+
+def test_a_toolchains_multi_line_message_becomes_one_line():
+    from zoo.errors import MAX_LINE, ConversionError
+
+    error = ConversionError(
+        "NNCF int8 quantization failed: RuntimeError: Exception from src/core.cpp:117:\n\n\nshapes\n"
+    )
+    assert str(error) == "NNCF int8 quantization failed: RuntimeError: Exception from src/core.cpp:117: | shapes"
+    long = ConversionError("x" * 10_000, hint="first\nsecond")
+    assert (
+        len(str(long)) <= MAX_LINE
+        and str(long).endswith(f"({10_000 - MAX_LINE + 40} more characters)")
+        and long.hint == "first | second"
+    )

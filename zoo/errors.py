@@ -12,12 +12,25 @@ EXIT_CONVERSION_FAILED = 3  # also a filesystem error (read-only, full disk, a f
 EXIT_UNEXPECTED = 4  # anything zoo did not foresee: one line, the traceback with --traceback
 
 
+MAX_LINE = 3000  # an error is one line: a toolchain's multi-line message is folded and cut to this
+
+
+def one_line(text: str, limit: int = MAX_LINE) -> str:
+    """`text` folded onto one line (its non-blank lines joined by ' | '), cut to `limit` characters."""
+    line = " | ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    if len(line) > limit:
+        kept = line[: limit - 40]
+        line = f"{kept} … ({len(line) - len(kept)} more characters)"
+    return line
+
+
 class ZooError(Exception):
     exit_code = EXIT_CONVERSION_FAILED
 
     def __init__(self, message: str, hint: str | None = None):
-        super().__init__(message)
-        self.hint = hint
+        # toolchains' own messages (OpenVINO's C++ exceptions, MLIR diagnostics) span lines: fold them
+        super().__init__(one_line(message))
+        self.hint = one_line(hint) if hint else hint
 
 
 class UsageError(ZooError):
