@@ -39,7 +39,7 @@ from zoo.outputs import (
 from zoo.profiles import Profile, profile_for
 from zoo.progress import QUIET, Progress
 from zoo.registry import ModelSpec, Registry, load_registry, spec_from_manifest, spec_to_manifest
-from zoo.reparameterize import DeploymentForm, deployment_form, fusable_modules
+from zoo.reparameterize import deployment_form
 from zoo.report import Report
 from zoo.runtimes import get_runtime
 from zoo.targets import TargetSpec, get_target, target_from_dict
@@ -191,15 +191,6 @@ def teacher_embeddings(teacher: ModelSpec, evaluation: EvaluationSet) -> Cached:
     return cached_arrays("teacher-embeddings", key, compute)
 
 
-def _deployment_form(torch_model, x: np.ndarray, progress: Progress) -> DeploymentForm:
-    """What the converters export: re-parameterizable blocks folded (zoo.reparameterize); parity vs source
-    stays against the model as trained."""
-    if torch_model is None or not fusable_modules(torch_model):
-        return DeploymentForm(torch_model, (), None)
-    with progress.step("re-parameterizing for deployment (folding training-time branches)"):
-        return deployment_form(torch_model, x)
-
-
 def _source_reference(model: ModelSpec, torch_model, x: np.ndarray) -> tuple[np.ndarray, str]:
     if torch_model is not None:
         return embed_torch(torch_model, x), "torch fp32"
@@ -297,7 +288,7 @@ def convert(
             from zoo.diagnose import check_float_modules
 
             check_float_modules(torch_model, model.float_modules[target.name])
-    export_form = _deployment_form(torch_model, x, progress)
+    export_form = deployment_form(torch_model, x, progress)  # parity vs source stays on the trained form
 
     with staged_directory(out_dir, say=progress.say) as work:
         ctx = ConvertContext(

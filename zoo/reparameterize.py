@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from zoo.fidelity import Check, Fidelity, Status
+from zoo.progress import QUIET, Progress
 
 FUSE_METHODS = ("fuse", "reparameterize", "switch_to_deploy")
 MIN_COSINE = 0.99999
@@ -46,11 +47,17 @@ def fusable_modules(model) -> list[str]:
     return found
 
 
-def deployment_form(model, sample_inputs: np.ndarray) -> DeploymentForm:
-    """`model` with its re-parameterizable blocks folded, checked on `sample_inputs` (NCHW float32)."""
-    fusable = fusable_modules(model)
+def deployment_form(model, sample_inputs: np.ndarray, progress: Progress = QUIET) -> DeploymentForm:
+    """`model` with its re-parameterizable blocks folded, checked on `sample_inputs` (NCHW float32); a
+    model with nothing to fold (or none: an ONNX source) is returned as it is, with no row."""
+    fusable = fusable_modules(model) if model is not None else []
     if not fusable:
         return DeploymentForm(model, (), None)
+    with progress.step("re-parameterizing for deployment (folding training-time branches)"):
+        return _folded(model, fusable, sample_inputs)
+
+
+def _folded(model, fusable: list[str], sample_inputs: np.ndarray) -> DeploymentForm:
     from zoo._torchvision_compat import import_timm
     from zoo.pipeline import embed_torch
     from zoo.validators.metrics import cosine_rows

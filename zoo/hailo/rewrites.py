@@ -110,10 +110,8 @@ def l2_normalizations(graph, tensors, expands: dict[str, str]) -> dict[str, floa
             continue
         operands = [i for i in clamp.input if i]
         eps = [constants[i] for i in operands[1:] if i in constants]
-        if clamp.op_type == "Clip" and (len(operands) != 2 or len(eps) != 1):
-            continue  # a Clip with a max, or a computed min, is something else
-        if clamp.op_type == "Max" and (len(operands) != 2 or len(eps) != 1):
-            continue
+        if len(operands) != 2 or len(eps) != 1:
+            continue  # a Clip with a max, or a computed floor, is something else
         norm = producer.get(operands[0])
         if norm is None or norm.op_type != "ReduceL2" or norm.input[0] != x or len(norm.input) > 1:
             continue
