@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import os
-import re
 import sys
 import warnings
 from pathlib import Path
 
 from zoo import __version__
-from zoo.errors import EXIT_CHECK_FAILED, EXIT_CONVERSION_FAILED, EXIT_OK, EXIT_UNEXPECTED, ZooError
+from zoo.errors import EXIT_CHECK_FAILED, EXIT_CONVERSION_FAILED, EXIT_OK, EXIT_UNEXPECTED, ZooError, one_line
 from zoo.progress import Progress
 
 
@@ -713,7 +712,7 @@ def describe_error(exc: BaseException) -> tuple[int, str, str | None]:
     """(exit code, one line, hint) for any error: zoo's own carry theirs; a filesystem error names the
     path and the cause (exit 3); anything else is a bug in zoo or a toolchain (exit 4)."""
     if isinstance(exc, ZooError):
-        return exc.exit_code, _one_line(str(exc), limit=2000), exc.hint
+        return exc.exit_code, one_line(str(exc), limit=2000), exc.hint
     if isinstance(exc, OSError) and (exc.filename or exc.strerror):
         where = " → ".join(str(f) for f in (exc.filename, exc.filename2) if f) or "a file"
         cause = exc.strerror or type(exc).__name__
@@ -722,18 +721,12 @@ def describe_error(exc: BaseException) -> tuple[int, str, str | None]:
             f"cannot use {where}: {cause}",
             "check the path, its permissions and the free disk space; nothing was written under the final name",
         )
-    text = _one_line(str(exc)) or "(no message)"
+    text = one_line(str(exc), limit=400) or "(no message)"
     return (
         EXIT_UNEXPECTED,
         f"unexpected {type(exc).__name__}: {text}",
         "this is a bug in zoo or a toolchain; run with --traceback (or ZOO_TRACEBACK=1) and report it",
     )
-
-
-def _one_line(text: str, limit: int = 400) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", text)  # toolchains colour their messages
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _call(handler, args: argparse.Namespace) -> int:

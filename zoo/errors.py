@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 EXIT_OK = 0
@@ -16,8 +17,8 @@ MAX_LINE = 3000  # an error is one line: a toolchain's multi-line message is fol
 
 
 def one_line(text: str, limit: int = MAX_LINE) -> str:
-    """`text` folded onto one line (its non-blank lines joined by ' | '), cut to `limit` characters."""
-    line = " | ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    """`text` folded onto one line (terminal colours dropped, whitespace runs made one space), cut to `limit`."""
+    line = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(text)).split())  # toolchains colour their messages
     if len(line) > limit:
         kept = line[: limit - 40]
         line = f"{kept} … ({len(line) - len(kept)} more characters)"
