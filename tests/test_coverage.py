@@ -26,12 +26,10 @@ KNOWN: dict[tuple[str, str], str] = {
     ("cov_efficientvit", "hailo8l"): "Div at node",
     ("cov_fastvit", "android-int8"): PARITY,
     ("cov_fastvit", "openvino-int8"): PARITY,
-    ("cov_fastvit", "hailo8l"): PARITY,
     ("cov_levit", "openvino-int8"): PARITY,
     ("cov_mobilevitv2", "tflite"): "litert-torch",
     ("cov_mobilevitv2", "tflite-int8"): "litert-torch",
     ("cov_mobilevitv2", "openvino-int8"): "openvino_to_int8 failed",
-    ("cov_mobilevitv2", "hailo8l"): PARITY,
 }
 
 

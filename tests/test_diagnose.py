@@ -213,6 +213,14 @@ def test_the_float_modules_knob_reaches_the_quantizer(tmp_path, planted):
     manifest = json.loads((tmp_path / "o" / "planted" / "android-int8" / "manifest.json").read_text())
     kept = manifest["float_modules"]["backbone.sensitive"]
     assert kept and set(kept) <= set(manifest["quantization"]["float_nodes"])
+    report = json.loads((tmp_path / "o" / "planted" / "android-int8" / "report.json").read_text())
+    row = next(c for c in report["checks"] if c["name"] == "modules kept out of int8 (float_modules)")
+    assert row["status"] == "info" and row["data"] == {
+        "modules": ["backbone.sensitive"],
+        "nodes": len(kept),
+        "kept_as": "in float",
+    }
+    assert "int8 speedup vs fp32" in row["detail"]  # where its cost is measured
 
 
 def test_float_modules_errors_are_one_line(tmp_path, planted, capsys):

@@ -355,10 +355,16 @@ def test_float_modules_go_to_16_bits_in_the_emulation_and_the_model_script(regis
 
     spec = dataclasses.replace(registry.get("tiny_vit"), float_modules={"hailo8l": ["backbone.blocks.0"]})
     models = Registry([spec, registry.get(spec.teacher)])
-    out = convert("tiny_vit", "hailo8l", out_root=tmp_path / "o", registry=models, validate=False).out_dir
+    result = convert("tiny_vit", "hailo8l", out_root=tmp_path / "o", registry=models, validate=False)
+    out = result.out_dir
     record = json.loads((out / "manifest.json").read_text())["hailo"]
     nodes = record["sixteen_bit_nodes"]
     assert nodes and all("blocks.0" in n for n in nodes)
+    rows = {c.name: c for c in result.report.checks}
+    fallback = rows["modules kept out of int8 (float_modules)"]
+    assert fallback.data == {"modules": ["backbone.blocks.0"], "nodes": len(nodes), "kept_as": "at 16 bits (a16_w16)"}
+    estimate = next(c for c in result.report.checks if c.name.startswith("latency estimate")).data
+    assert 0 < estimate["sixteen_bit_share"] < 1 and "of the GOPs at 16 bits" in fallback.detail
     emulated = onnx.load(str(out / EMULATED_FILE))
     int16 = {i.name for i in emulated.graph.initializer if i.data_type == onnx.TensorProto.INT16}
     assert record["emulation"]["sixteen_bit_weights"]

@@ -232,6 +232,17 @@ def test_flops_count_and_latency_estimate():
     assert tiny.extrapolated and "EXTRAPOLATED" in latency_check(tiny, target).detail
 
 
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_layers_at_16_bits_widen_the_latency_estimate(share):
+    """float_modules on hailo8l run at a16_w16: their share of the GOPs counts 2–4× (zoo's assumption)."""
+    int8 = estimate_latency(8.91, "convnext")
+    mixed = estimate_latency(8.91, "convnext", sixteen_bit_gflops=8.91 * share)
+    assert mixed.sixteen_bit_share == pytest.approx(share)
+    assert mixed.low_ms == pytest.approx(int8.low_ms * (1 + share))
+    assert mixed.high_ms == pytest.approx(int8.high_ms * (1 + 3 * share))
+    assert (f"{share:.0%} of the GOPs at 16 bits" in latency_check(mixed, get_target("hailo8l")).detail) == bool(share)
+
+
 def planted_backbone(input_size):
     """A factory backbone with ops the DFC table does not have: CumSum mid-network, Sign near the end."""
     import torch

@@ -94,3 +94,41 @@ def test_a_broken_artifact_fails_parity_on_every_target(target, broken, registry
     rows = validate_one(spec, get_target(target), tmp_path, Artifact("m.onnx", "onnx"), refs, runtime, 20)
     parity = next(r for r in rows if r.name.startswith("parity vs source"))
     assert parity.status is not Status.PASS, parity.detail
+
+
+class _PixelRuntime(_FakeRuntime):
+    takes_uint8_pixels = True  # like a Hailo artifact: inputs are snapped to uint8 pixels on the way in
+
+
+def test_an_artifact_that_takes_pixels_is_judged_on_the_inputs_it_can_take(registry, tmp_path):
+    """The source's embeddings of the inputs snapped to the pixel grid are the reference for such a
+    runtime; a constant or shuffled output still fails against them, and a runtime that takes floats
+    is still judged against the source on the inputs as given."""
+    spec, target = registry.get("tiny_vit"), get_target("hailo8l")
+    on_grid = _sources("distinct", dim=spec.embedding_dim)
+    as_given = _unit(np.random.default_rng(7).standard_normal(on_grid.shape))
+    x = np.zeros((len(on_grid), 3, 8, 8), np.float32)
+    labels = tuple(f"s{i}" for i in range(len(on_grid)))
+    refs = References(x, labels, 12, as_given, "torch fp32", None, "no teacher", on_grid)
+
+    def parity(runtime):
+        rows = validate_one(spec, target, tmp_path, Artifact("m.onnx", "onnx"), refs, runtime, 20)
+        return next(r for r in rows if r.name.startswith("parity vs source"))
+
+    exact = parity(_PixelRuntime(on_grid.copy()))
+    assert exact.status is Status.PASS and "uint8 pixel grid" in exact.detail
+    for broken in ("constant", "shuffled"):
+        assert parity(_PixelRuntime(_fake(broken, on_grid))).status is not Status.PASS
+    assert parity(_FakeRuntime(on_grid.copy())).status is not Status.PASS
+
+
+def test_snapping_to_pixels_lands_on_the_grid_and_keeps_photos():
+    from zoo.runtimes.hailo import snap_to_pixels, to_pixels
+
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    noise = np.random.default_rng(0).standard_normal((2, 3, 8, 8)).astype(np.float32) * 3
+    snapped = snap_to_pixels(noise, mean, std)
+    pixels = to_pixels(snapped, mean, std)
+    assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3  # clipped to what the device takes
+    assert np.abs(pixels - np.rint(pixels)).max() < 1e-3  # on the integer grid
+    assert np.array_equal(snap_to_pixels(snapped, mean, std), snapped)  # a photo's pixels stay put

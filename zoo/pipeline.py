@@ -329,7 +329,18 @@ def convert(
         diagnoses: tuple = ()
         if validate:
             validation_started = time.perf_counter()
-            refs = _references(model, teacher, x, labels, image_count, torch_model, evaluation, profile, progress)
+            refs = _references(
+                model,
+                teacher,
+                x,
+                labels,
+                image_count,
+                torch_model,
+                evaluation,
+                profile,
+                progress,
+                _takes_pixels(target, ctx.artifacts),
+            )
             rows, diagnoses = _validate(model, target, refs, work, ctx.artifacts, latency_runs, progress, torch_model)
             checks += rows
             timings["validation"] = round(time.perf_counter() - validation_started, 3)
@@ -416,10 +427,24 @@ def _write_report(root: Path, report: Report, manifest: dict) -> None:
     write_manifest(root, manifest)
 
 
-def _references(model, teacher, x, labels, image_count, torch_model, evaluation, profile, progress) -> References:
+def _references(
+    model, teacher, x, labels, image_count, torch_model, evaluation, profile, progress, pixel_grid=False
+) -> References:
+    """`pixel_grid`: an artifact takes uint8 pixels, so the source also embeds the inputs snapped to them."""
     source, source_label = _source_reference(model, torch_model, x)
+    on_pixels = None
+    if pixel_grid:
+        from zoo.runtimes.hailo import snap_to_pixels
+
+        on_pixels, _ = _source_reference(model, torch_model, snap_to_pixels(x, model.mean, model.std))
     teacher_ref, reason = teacher_reference(model, teacher, x.shape[-1], progress, evaluation, profile)
-    return References(x, tuple(labels), image_count, source, source_label, teacher_ref, reason)
+    return References(x, tuple(labels), image_count, source, source_label, teacher_ref, reason, on_pixels)
+
+
+def _takes_pixels(target: TargetSpec, artifacts) -> bool:
+    from zoo.validators import runtime_for
+
+    return any(getattr(runtime_for(a, target), "takes_uint8_pixels", False) for a in artifacts if a.runnable)
 
 
 def _validate(model, target, refs: References, out_dir, artifacts, latency_runs, progress, torch_model) -> tuple:
@@ -581,7 +606,18 @@ def _validate_dir(out_dir: Path, latency_runs: int, eval_path: Path | None, prog
     x, labels, image_count = _parity_inputs(size, model, evaluation)
     diagnoses = ()
     if intact:
-        refs = _references(model, teacher, x, labels, image_count, torch_model, evaluation, profile, progress)
+        refs = _references(
+            model,
+            teacher,
+            x,
+            labels,
+            image_count,
+            torch_model,
+            evaluation,
+            profile,
+            progress,
+            _takes_pixels(target, artifacts),
+        )
         rows, diagnoses = _validate(model, target, refs, out_dir, artifacts, latency_runs, progress, torch_model)
         checks += rows
     report = Report(

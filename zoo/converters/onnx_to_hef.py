@@ -78,7 +78,7 @@ class OnnxToHef:
         from zoo.hailo.bundle import BUNDLE_ARG, compile_instructions, write_parity_reference
         from zoo.hailo.dfc import DfcJob, dfc_unavailable_reason, not_run_checks, run_dfc
         from zoo.hailo.emulation import build_emulated_model, weight_axes
-        from zoo.hailo.estimate import count_gflops, estimate_latency, latency_check
+        from zoo.hailo.estimate import SIXTEEN_BIT_COST, estimate_latency, latency_check, node_gflops
         from zoo.hailo.model_script import build_model_script, family_of, read_override
         from zoo.hailo.ops import preflight
 
@@ -140,12 +140,13 @@ class OnnxToHef:
             parity = _parity_reference(ctx)
             write_parity_reference(work / PARITY_FILE, parity)
 
-        from zoo.diagnose import float_module_nodes
+        from zoo.diagnose import float_module_nodes, float_modules_check
         from zoo.runtimes.onnxruntime import OrtSession
 
         # the model's float_modules: Hailo has no float, so they go to 16 bits, activations and weights
         # (the DFC's precision_mode=a16_w16)
-        kept = {n for nodes in float_module_nodes(ctx, lambda: OrtSession(onnx_path)).values() for n in nodes}
+        mapping = float_module_nodes(ctx, lambda: OrtSession(onnx_path))
+        kept = {n for nodes in mapping.values() for n in nodes}
         wide = [o for node in graph.graph.node if (node.name or node.output[0]) in kept for o in node.output]
         wide_weights = weight_axes(graph.graph, kept)
         with ctx.progress.step("int8 emulation (ONNX Runtime QDQ, Hailo-like scheme)"):
@@ -168,7 +169,16 @@ class OnnxToHef:
                 + "; ".join(plan.not_emulated)
             )
 
-        estimate = estimate_latency(count_gflops(graph), family)
+        per_node = node_gflops(graph)
+        estimate = estimate_latency(sum(per_node.values()), family, sum(per_node.get(n, 0.0) for n in kept))
+        if kept:
+            cost = (
+                f"{estimate.sixteen_bit_share:.0%} of the GOPs at 16 bits: the latency estimate counts them at "
+                f"{SIXTEEN_BIT_COST[0]:g}–{SIXTEEN_BIT_COST[1]:g}× an int8 op (estimated)"
+            )
+            ctx.checks.append(
+                float_modules_check(mapping, artifact=HEF_FILE, kept_as="at 16 bits (a16_w16)", cost=cost)
+            )
         ctx.checks.append(latency_check(estimate, ctx.target, artifact=HEF_FILE))
         budget = ctx.target.latency_budget_ms
         if budget is not None and estimate.low_ms >= budget:

@@ -17,7 +17,7 @@ import numpy as np
 
 from zoo.diagnose.layers import Layer, first_jump, layer_table, top_contributors
 from zoo.diagnose.pairing import module_taps, pair
-from zoo.fidelity import Fidelity
+from zoo.fidelity import Check, Fidelity, Status
 from zoo.validators.metrics import cosine_rows
 
 # pairing on the artifact itself (no fp32 twin): its own divergence must not hide a layer
@@ -341,3 +341,22 @@ def float_module_nodes(ctx, open_session) -> dict[str, list[str]]:
         )
     ctx.records["float_modules"] = mapping
     return mapping
+
+
+SPEED_ROW_COST = "measured in the row 'int8 speedup vs fp32' (the int8 artifact with these modules in float)"
+
+
+def float_modules_check(mapping: dict[str, list[str]], *, artifact: str, kept_as: str, cost: str) -> Check:
+    """The report row of a fallback: which modules the int8 artifact keeps out of int8 (`kept_as`: float,
+    16 bits) and where its cost in speed is reported. Never gated, never hidden in the manifest only."""
+    nodes = sum(len(v) for v in mapping.values())
+    return Check(
+        "modules kept out of int8 (float_modules)",
+        Status.INFO,
+        Fidelity.MEASURED,
+        value=f"{len(mapping)} module(s), {nodes} node(s)",
+        threshold="not gated: the model's declared fallback",
+        artifact=artifact,
+        detail=f"kept {kept_as}: {', '.join(mapping)}; cost: {cost}",
+        data={"modules": list(mapping), "nodes": nodes, "kept_as": kept_as},
+    )

@@ -44,7 +44,9 @@ def diagnose_failures(model, target, out_dir: Path, artifacts, refs, checks, tor
         pick = worst_inputs(failed[artifact.name].data.get("per_sample_cosine"), len(refs.inputs), DEFAULT_INPUTS)
         try:
             with progress.step(f"diagnosing {artifact.name} layer by layer"):
-                d = _diagnose(artifact.name, sessions, runtime, torch_model, refs.inputs, list(refs.labels), pick)
+                d = _diagnose(
+                    artifact.name, sessions, runtime, torch_model, refs.inputs, list(refs.labels), pick, model
+                )
         except NotExposed as exc:
             rows.append(_not_run(artifact.name, f"{exc}; the diagnosis of the artifact it was made from applies"))
             continue
@@ -72,10 +74,14 @@ def _sessions(out_dir: Path, artifacts, target) -> dict:
     return sessions
 
 
-def _diagnose(name, sessions, runtime, torch_model, x, labels, pick) -> Diagnosis:
+def _diagnose(name, sessions, runtime, torch_model, x, labels, pick, model) -> Diagnosis:
     twin_name = fp32_twin(name, sessions)
     twin = (twin_name, sessions[twin_name]) if twin_name else None
     chosen = x[pick]
+    if getattr(runtime, "takes_uint8_pixels", False):  # what the artifact receives, for the source too
+        from zoo.runtimes.hailo import snap_to_pixels
+
+        chosen = snap_to_pixels(chosen, model.mean, model.std)
     return diagnose_session(name, sessions[name], runtime, torch_model, chosen, [labels[i] for i in pick], twin)
 
 
@@ -166,7 +172,7 @@ def diagnose_dir(
             pick = worst_inputs(row.data.get("per_sample_cosine") if row else None, len(x), inputs)
             try:
                 with progress.step(f"diagnosing {name} layer by layer on {len(pick)} inputs"):
-                    d = _diagnose(name, sessions, runtime_for(a, target), torch_model, x, labels, pick)
+                    d = _diagnose(name, sessions, runtime_for(a, target), torch_model, x, labels, pick, model)
             except NotExposed as exc:
                 if artifact is not None:
                     raise UsageError(str(exc), hint="diagnose the artifact it was made from (--artifact)") from None

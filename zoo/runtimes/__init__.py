@@ -101,6 +101,9 @@ class RuntimeBase:
     # True where the session feeds the artifact resampled pixels (e.g. Immich's 112-px face crop): random
     # tensors are not pictures a resize carries, so parity vs source is judged on the photos
     parity_on_photos_only = False
+    # True where the artifact takes uint8 pixels (a Hailo .hef): inputs off that grid (random tensors) are
+    # clipped and rounded on the way in, so parity compares with the source run on the same snapped inputs
+    takes_uint8_pixels = False
 
     def unavailable_reason(self) -> str | None:
         return None

@@ -4,7 +4,8 @@ Both take what every validation session takes — NCHW float32 images normalized
 mean/std — and turn it into what the compiled network takes: NHWC RGB pixels 0–255 (uint8 on the
 device), the normalization being inside the network (the model script's `normalization` layer).
 Validation inputs that are not photos (seeded random tensors) land partly outside 0–255 and are
-clipped there, as any input to the device would be.
+clipped there, as any input to the device would be; parity then compares with the source model run on
+the same clipped, rounded inputs (`snap_to_pixels`), so it measures the artifact, not the interface.
 
 HailoRT (`hailo_platform`) is Hailo's proprietary wheel, imported only when a .hef is opened; the
 calls follow HailoRT's published Python API (hailo-ai/hailort v4.23.0,
@@ -38,6 +39,15 @@ def to_pixels(x: np.ndarray, mean, std) -> np.ndarray:
 
 def to_uint8_pixels(x: np.ndarray, mean, std) -> np.ndarray:
     return np.clip(np.rint(to_pixels(x, mean, std)), 0, 255).astype(np.uint8)
+
+
+def snap_to_pixels(x: np.ndarray, mean, std) -> np.ndarray:
+    """Normalized NCHW float32 → the same, as the device receives it: on the uint8 pixel grid."""
+    pixels = to_uint8_pixels(x, mean, std).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+    shape = (1, -1, 1, 1)
+    mean = np.asarray(mean, np.float32).reshape(shape)
+    std = np.asarray(std, np.float32).reshape(shape)
+    return np.ascontiguousarray((pixels - mean) / std, np.float32)
 
 
 class EmulatedSession(SessionBase):
@@ -95,6 +105,7 @@ class HailoInt8Emulation(RuntimeBase):
     fidelity = Fidelity.EMULATED
     extra = "hailo"
     measures_latency = False  # a CPU emulation's speed says nothing about the chip's
+    takes_uint8_pixels = True
 
     def unavailable_reason(self) -> str | None:
         return module_missing("onnxruntime", self.extra)
@@ -154,6 +165,7 @@ class HailoRT(RuntimeBase):
     formats = frozenset({"hef"})
     fidelity = Fidelity.DEVICE
     extra = "hailo"
+    takes_uint8_pixels = True
 
     def unavailable_reason(self) -> str | None:
         from zoo.hailo import HAILORT_HINT

@@ -54,6 +54,9 @@ class References:
     source_label: str  # e.g. "torch fp32"
     teacher: TeacherReference | None  # None when teacher parity is not applicable
     teacher_reason: str  # why teacher parity is not applicable, when teacher is None
+    # the source's embeddings of `inputs` snapped to the uint8 pixel grid, for runtimes that take pixels
+    # (Runtime.takes_uint8_pixels); None when the target has none
+    source_on_pixels: np.ndarray | None = None
 
 
 def runtime_for(artifact: Artifact, target: TargetSpec) -> Runtime:
@@ -152,17 +155,21 @@ def validate_one(
         return rows  # nothing to compare: the shape check already failed
     photos_only = bool(getattr(runtime, "parity_on_photos_only", False))
     judged = slice(0, refs.photo_count) if photos_only else slice(None)
+    source, inputs = refs.source, f"{refs.photo_count} photos + {len(refs.inputs) - refs.photo_count} random"
+    if photos_only:
+        inputs = f"{refs.photo_count} photos (random tensors are not pictures {runtime.name}'s resampled input carries)"
+    elif getattr(runtime, "takes_uint8_pixels", False) and refs.source_on_pixels is not None:
+        source = refs.source_on_pixels
+        inputs += " on the uint8 pixel grid the artifact takes (clipped to 0–255 and rounded, for the source too)"
     rows.append(
         checks.source_parity(
             f"parity vs source ({refs.source_label})",
-            refs.source[judged],
+            source[judged],
             out[judged],
             target.min_cosine_vs_source,
             fid,
             name,
-            detail=f"{refs.photo_count} photos (random tensors are not pictures {runtime.name}'s resampled input carries)"
-            if photos_only
-            else f"{refs.photo_count} photos + {len(refs.inputs) - refs.photo_count} random",
+            detail=inputs,
         )
     )
     if refs.teacher is None:
