@@ -143,7 +143,7 @@ def test_emulated_int8_parity_on_tiny_models(bundles, registry, model):
     from zoo.models import build_model
     from zoo.pipeline import embed_torch
     from zoo.runtimes import run_in_batches
-    from zoo.runtimes.hailo import HailoInt8Emulation
+    from zoo.runtimes.hailo import HailoInt8Emulation, snap_to_pixels
     from zoo.validators.inputs import parity_inputs
     from zoo.validators.metrics import cosine_rows
 
@@ -157,7 +157,8 @@ def test_emulated_int8_parity_on_tiny_models(bundles, registry, model):
 
     spec = registry.get(model)
     x, _ = parity_inputs(spec.input_size, spec.mean, spec.std)
-    source = embed_torch(build_model(spec), x)
+    # the artifact takes uint8 pixels: the report compares with the source on the same snapped inputs
+    source = embed_torch(build_model(spec), snap_to_pixels(x, spec.mean, spec.std))
     out = run_in_batches(HailoInt8Emulation().open(outcome.out_dir / EMULATED_FILE), x)
     assert cosine_rows(source, out).min() == pytest.approx(cosine, abs=1e-6)  # the report's number, reproduced
     centered = cosine_rows(source - source.mean(0), out - out.mean(0))
