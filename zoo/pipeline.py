@@ -329,18 +329,8 @@ def convert(
         diagnoses: tuple = ()
         if validate:
             validation_started = time.perf_counter()
-            refs = _references(
-                model,
-                teacher,
-                x,
-                labels,
-                image_count,
-                torch_model,
-                evaluation,
-                profile,
-                progress,
-                _takes_pixels(target, ctx.artifacts),
-            )
+            grid = _takes_pixels(target, ctx.artifacts)
+            refs = _references(model, teacher, x, labels, image_count, torch_model, evaluation, profile, progress, grid)
             rows, diagnoses = _validate(model, target, refs, work, ctx.artifacts, latency_runs, progress, torch_model)
             checks += rows
             timings["validation"] = round(time.perf_counter() - validation_started, 3)
@@ -606,18 +596,8 @@ def _validate_dir(out_dir: Path, latency_runs: int, eval_path: Path | None, prog
     x, labels, image_count = _parity_inputs(size, model, evaluation)
     diagnoses = ()
     if intact:
-        refs = _references(
-            model,
-            teacher,
-            x,
-            labels,
-            image_count,
-            torch_model,
-            evaluation,
-            profile,
-            progress,
-            _takes_pixels(target, artifacts),
-        )
+        grid = _takes_pixels(target, artifacts)
+        refs = _references(model, teacher, x, labels, image_count, torch_model, evaluation, profile, progress, grid)
         rows, diagnoses = _validate(model, target, refs, out_dir, artifacts, latency_runs, progress, torch_model)
         checks += rows
     report = Report(
