@@ -64,7 +64,9 @@ def test_two_writers_of_one_key_both_succeed(tmp_path):
     assert cache.restore(cache.lookup("conversions", "c" * 64), tmp_path / "out")
 
 
-def test_prune_evicts_least_recently_used_first(tmp_path):
+def test_prune_evicts_least_recently_used_first(tmp_path, monkeypatch):
+    # a cache of its own, without the shared teacher embeddings earlier tests may have filled
+    monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "src"
     src.mkdir()
     (src / "f").write_bytes(b"x" * 10_000)
