@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 from zoo.errors import ConversionError
 from zoo.fidelity import Fidelity, Status
 from zoo.hailo.emulation import ew_add_outputs, plan_precision
-from zoo.hailo.estimate import PUBLISHED, count_gflops, estimate_latency, latency_check
+from zoo.hailo.estimate import PUBLISHED, estimate_latency, latency_check, node_gflops
 from zoo.hailo.model_script import (
     build_model_script,
     family_of,
@@ -210,7 +210,9 @@ def test_flops_count_and_latency_estimate():
         [_const("w", rng.standard_normal((16, 3, 3, 3))), _const("fc", rng.standard_normal((16 * 64, 10)))],
     )
     macs = 16 * 8 * 8 * 3 * 3 * 3 + 16 * 64 * 10
-    assert count_gflops(model) == pytest.approx(2 * macs / 1e9)
+    per_node = node_gflops(model)
+    assert sum(per_node.values()) == pytest.approx(2 * macs / 1e9)
+    assert per_node == pytest.approx({"c": 2 * 16 * 8 * 8 * 3 * 3 * 3 / 1e9, "g": 2 * 16 * 64 * 10 / 1e9})
 
     target = get_target("hailo8l")
     vit = estimate_latency(PUBLISHED["vit_small"].gops, "vit")  # Hailo's own vit_small: its own figure

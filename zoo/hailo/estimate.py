@@ -98,11 +98,6 @@ def _dims(shapes: dict, name: str) -> list[int] | None:
     return shapes.get(name)
 
 
-def count_gflops(model) -> float:
-    """2 × MACs of Conv, ConvTranspose, Gemm and MatMul, from ONNX shape inference (static shapes)."""
-    return sum(node_gflops(model).values())
-
-
 def node_gflops(model) -> dict[str, float]:
     """{node name (or its first output when unnamed): 2 × MACs / 1e9} of each Conv, ConvTranspose, Gemm
     and MatMul, from ONNX shape inference (static shapes)."""
