@@ -40,7 +40,7 @@ def test_reference_teacher_separates_identities(registry):
 
 # What the shipped students reach on the card task (their model cards give the figures): each passes
 # every retrieval, same/different-card and "no match" rule; ConvNeXt also meets the > 0.95 minimum vs
-# the teacher on its worst held-out photograph (0.971), EfficientNet (0.900) and the ViT (0.848) do not
+# the teacher on its worst held-out photograph (0.971), EfficientNet (0.946) and the ViT (0.899) do not
 # yet (see the README).
 UNKNOWN_RULE = "unknown images reported 'no match'"
 TEACHER_PARITY = "parity vs teacher (ref_teacher, torch)"
@@ -51,8 +51,10 @@ KNOWN_FAILURES: dict[str, set[str]] = {
     "ref_efficientnet": {TEACHER_PARITY},
     "ref_vit": {TEACHER_PARITY},
 }
-WORST_VIEW_AT_LEAST = {"ref_convnext": 0.965, "ref_efficientnet": 0.89, "ref_vit": 0.84}
-MEAN_AT_LEAST = {"ref_convnext": 0.99, "ref_efficientnet": 0.975, "ref_vit": 0.96}
+WORST_VIEW_AT_LEAST = {"ref_convnext": 0.965, "ref_efficientnet": 0.94, "ref_vit": 0.89}
+MEAN_AT_LEAST = {"ref_convnext": 0.99, "ref_efficientnet": 0.985, "ref_vit": 0.975}
+# card-free scenes reported "no match" (the rule: ≥ 90 %): ConvNeXt and the ViT 48 of 48, EfficientNet 45
+UNKNOWN_AT_LEAST = {"ref_convnext": 1.0, "ref_efficientnet": 0.93, "ref_vit": 1.0}
 
 
 @pytest.mark.parametrize("student", REFERENCE_STUDENTS)
@@ -77,7 +79,7 @@ def test_shipped_students_on_onnx(student, registry, tmp_path):
         if name not in KNOWN_FAILURES[student]:
             assert rows[name].status is Status.PASS, (name, rows[name].value)
     assert rows["cosine vs teacher on unknown images"].status is Status.INFO
-    assert rows[UNKNOWN_RULE].status is Status.PASS and rows[UNKNOWN_RULE].value >= 0.95  # EfficientNet 46 of 48
+    assert rows[UNKNOWN_RULE].status is Status.PASS and rows[UNKNOWN_RULE].value >= UNKNOWN_AT_LEAST[student]
     unseen = rows[UNSEEN_ROW]
     assert unseen.status is Status.INFO and unseen.threshold == "not gated"
     assert len(unseen.data["nearest_distance"]) == 16 and "reported only" in unseen.detail
@@ -116,7 +118,7 @@ def test_reference_build_retrains_all_five(registry, tmp_path, monkeypatch):
     monkeypatch.setitem(distillation.STUDENT_RECIPE, "epochs", 1)
     monkeypatch.setitem(distillation.STUDENT_RECIPE, "views_per_image", 2)
     monkeypatch.setitem(distillation.STUDENT_RECIPE, "negative_views", 1)
-    monkeypatch.setattr(distillation, "STUDENT_EPOCHS", {})
+    monkeypatch.setattr(distillation, "STUDENT_OVERRIDES", {})
     results = distillation.build_reference(tmp_path, registry, show_progress=False)
     names = [r.spec.name for r in results]
     assert names == [REFERENCE_TEACHER, *REFERENCE_STUDENTS, REFERENCE_DOG]
@@ -190,10 +192,13 @@ def test_students_side_by_side_come_out_as_if_trained_alone(registry):
     teacher = registry.get(REFERENCE_TEACHER)
     a, b = (dataclasses.replace(registry.get(n), checkpoint=None) for n in ("ref_convnext", "ref_efficientnet"))
     options = dict(views_per_image=2, negative_views=1, show_progress=False)
-    # a stops after 2 epochs, b after 1: each as if alone
-    (a_side, a_log), (b_side, _) = distill_students(teacher, [a, b], epochs=[2, 1], workers=1, **options)
+    # a stops after 2 epochs, b after 1, in batches and at a rate of its own: each as if alone
+    (a_side, a_log), (b_side, b_log) = distill_students(
+        teacher, [a, b], epochs=[2, 1], batch=[64, 32], lr=[3e-3, 1e-3], workers=1, **options
+    )
     a_alone, a_alone_log = distill(teacher, a, epochs=2, workers=0, **options)
-    b_alone, _ = distill(teacher, b, epochs=1, workers=1, **options)
+    b_alone, _ = distill(teacher, b, epochs=1, batch=32, lr=1e-3, workers=1, **options)
+    assert (b_log.batch, b_log.lr) == (32, 1e-3)
     for side, alone in ((a_side, a_alone), (b_side, b_alone)):
         assert side.state_dict().keys() == alone.state_dict().keys()
         assert all(torch.equal(x, alone.state_dict()[k]) for k, x in side.state_dict().items())

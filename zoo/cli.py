@@ -153,12 +153,13 @@ def cmd_distill(
     registry: list[Path],
     quiet: bool,
 ) -> int:
-    from zoo.distillation import STUDENT_RECIPE, distill_and_register
+    from zoo.distillation import distill_and_register, student_recipe
     from zoo.registry import load_registry
 
     reg = load_registry(registry)
     out = out or Path("checkpoints") / f"{student}.safetensors"
-    epochs = epochs or STUDENT_RECIPE["epochs"]
+    recipe = student_recipe(student)  # a reference student's own; STUDENT_RECIPE for any other
+    epochs = epochs or recipe["epochs"]
     result = distill_and_register(
         reg.get(teacher),
         reg.get(student),
@@ -166,7 +167,9 @@ def cmd_distill(
         register=register,
         images_dir=images,
         epochs=epochs,
-        views_per_image=views or STUDENT_RECIPE["views_per_image"],
+        views_per_image=views or recipe["views_per_image"],
+        batch=recipe["batch"],
+        lr=recipe["lr"],
         seed=seed,
         show_progress=not quiet,
     )

@@ -33,6 +33,8 @@ HARD_SHARE, HARD_WEIGHT = 0.25, 1.0  # distillation: the batch's hardest quarter
 @dataclass
 class TrainingLog:
     epochs: int = 0
+    batch: int = 0
+    lr: float = 0.0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)  # mean loss per epoch
     heldout: dict = field(default_factory=dict)  # final held-out figures
@@ -265,8 +267,8 @@ def distill_students(
     epochs: int | list[int] = 30,
     views_per_image: int = 64,
     negative_views: int = 16,
-    batch: int = 64,
-    lr: float = 3e-3,
+    batch: int | list[int] = 64,
+    lr: float | list[float] = 3e-3,
     seed: int = 0,
     occlude: float = DISTILL_OCCLUSION,
     workers: int | None = None,
@@ -277,7 +279,8 @@ def distill_students(
     processes), which the frozen teacher embeds once for every student, so a student of a few hundred
     thousand weights sees fresh occlusions instead of memorising one set. The students train in lockstep
     on the same pools, each with its own random state: each comes out exactly as if trained alone.
-    `epochs` is one count for all, or one per student (a student's pools are the first of the shared ones).
+    `epochs` is one count for all, or one per student (a student's pools are the first of the shared ones);
+    `batch` and `lr` likewise.
     Returns [(student model, log)] with held-out cosine vs the teacher before and after."""
     import torch
 
@@ -292,6 +295,8 @@ def distill_students(
                 f"{teacher_spec.embedding_dim}-d: distillation needs the same dimension"
             )
     per_student = [epochs] * len(student_specs) if isinstance(epochs, int) else list(epochs)
+    batches = [batch] * len(student_specs) if isinstance(batch, int) else list(batch)
+    rates = [lr] * len(student_specs) if isinstance(lr, float) else list(lr)
     _seed_all(seed)
     teacher = build_model(teacher_spec)
     students, states = [], []
@@ -331,10 +336,11 @@ def distill_students(
 
     logs = [TrainingLog() for _ in students]
     optimizers, schedulers = [], []
-    steps_per_epoch = (len(images) * views_per_image + len(negatives) * negative_views) // batch
-    for student, spec, log, count in zip(students, student_specs, logs, per_student):
+    pool_size = len(images) * views_per_image + len(negatives) * negative_views
+    for student, spec, log, count, batch_size, rate in zip(students, student_specs, logs, per_student, batches, rates):
         log.heldout["before"] = heldout_cosine(student, spec)
-        optimizers.append(torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.01))
+        optimizers.append(torch.optim.AdamW(student.parameters(), lr=rate, weight_decay=0.01))
+        steps_per_epoch = pool_size // batch_size
         schedulers.append(_schedule(optimizers[-1], count * steps_per_epoch, warmup=steps_per_epoch))
     start = time.perf_counter()
     names = ", ".join(spec.name for spec in student_specs)
@@ -350,8 +356,9 @@ def distill_students(
             student.train()
             order = torch.randperm(len(x_all))
             losses = []
-            for step in range(steps_per_epoch):
-                idx = order[step * batch : (step + 1) * batch]
+            batch_size = batches[i]
+            for step in range(pool_size // batch_size):
+                idx = order[step * batch_size : (step + 1) * batch_size]
                 out = student(x_all[idx])
                 losses.append(_step(optimizers[i], schedulers[i], _distillation_loss(out, target[idx])))
             log.losses.append(float(np.mean(losses)))
@@ -361,8 +368,8 @@ def distill_students(
     bar.close()
     seconds = time.perf_counter() - start
     results = []
-    for student, spec, log, count in zip(students, student_specs, logs, per_student):
-        log.epochs = count
+    for student, spec, log, count, batch_size, rate in zip(students, student_specs, logs, per_student, batches, rates):
+        log.epochs, log.batch, log.lr = count, batch_size, rate
         log.seconds = seconds
         student.eval()
         log.heldout["after"] = heldout_cosine(student, spec)
