@@ -434,7 +434,7 @@ def _references(
 def _takes_pixels(target: TargetSpec, artifacts) -> bool:
     from zoo.validators import runtime_for
 
-    return any(getattr(runtime_for(a, target), "takes_uint8_pixels", False) for a in artifacts if a.runnable)
+    return any(runtime_for(a, target).takes_uint8_pixels for a in artifacts if a.runnable)
 
 
 def _validate(model, target, refs: References, out_dir, artifacts, latency_runs, progress, torch_model) -> tuple:

@@ -254,6 +254,11 @@ def _distillation_loss(out, target):
     return gap.mean() + HARD_WEIGHT * hardest.mean()
 
 
+def _each(value, count: int) -> list:
+    """One value per student: a list as given, a single value repeated."""
+    return list(value) if isinstance(value, (list, tuple)) else [value] * count
+
+
 def distill(teacher_spec: ModelSpec, student_spec: ModelSpec, **options):
     """One student: distill_students with a single student. Returns (student model, log)."""
     return distill_students(teacher_spec, [student_spec], **options)[0]
@@ -294,9 +299,7 @@ def distill_students(
                 f"student {student_spec.name} embeds {student_spec.embedding_dim}-d, teacher {teacher_spec.name} "
                 f"{teacher_spec.embedding_dim}-d: distillation needs the same dimension"
             )
-    per_student = [epochs] * len(student_specs) if isinstance(epochs, int) else list(epochs)
-    batches = [batch] * len(student_specs) if isinstance(batch, int) else list(batch)
-    rates = [lr] * len(student_specs) if isinstance(lr, float) else list(lr)
+    per_student, batches, rates = (_each(v, len(student_specs)) for v in (epochs, batch, lr))
     _seed_all(seed)
     teacher = build_model(teacher_spec)
     students, states = [], []

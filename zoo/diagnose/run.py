@@ -78,7 +78,7 @@ def _diagnose(name, sessions, runtime, torch_model, x, labels, pick, model) -> D
     twin_name = fp32_twin(name, sessions)
     twin = (twin_name, sessions[twin_name]) if twin_name else None
     chosen = x[pick]
-    if getattr(runtime, "takes_uint8_pixels", False):  # what the artifact receives, for the source too
+    if runtime.takes_uint8_pixels:  # what the artifact receives, for the source too
         from zoo.runtimes.hailo import snap_to_pixels
 
         chosen = snap_to_pixels(chosen, model.mean, model.std)

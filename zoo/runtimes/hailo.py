@@ -43,11 +43,9 @@ def to_uint8_pixels(x: np.ndarray, mean, std) -> np.ndarray:
 
 def snap_to_pixels(x: np.ndarray, mean, std) -> np.ndarray:
     """Normalized NCHW float32 → the same, as the device receives it: on the uint8 pixel grid."""
-    pixels = to_uint8_pixels(x, mean, std).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
-    shape = (1, -1, 1, 1)
-    mean = np.asarray(mean, np.float32).reshape(shape)
-    std = np.asarray(std, np.float32).reshape(shape)
-    return np.ascontiguousarray((pixels - mean) / std, np.float32)
+    from zoo.validators.inputs import normalize
+
+    return normalize(to_uint8_pixels(x, mean, std), mean, std)
 
 
 class EmulatedSession(SessionBase):

@@ -158,7 +158,7 @@ def validate_one(
     source, inputs = refs.source, f"{refs.photo_count} photos + {len(refs.inputs) - refs.photo_count} random"
     if photos_only:
         inputs = f"{refs.photo_count} photos (random tensors are not pictures {runtime.name}'s resampled input carries)"
-    elif getattr(runtime, "takes_uint8_pixels", False) and refs.source_on_pixels is not None:
+    elif runtime.takes_uint8_pixels and refs.source_on_pixels is not None:
         source = refs.source_on_pixels
         inputs += " on the uint8 pixel grid the artifact takes (clipped to 0–255 and rounded, for the source too)"
     rows.append(
