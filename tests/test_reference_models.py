@@ -40,8 +40,8 @@ def test_reference_teacher_separates_identities(registry):
 
 # What the shipped students reach on the card task (their model cards give the figures): each passes
 # every retrieval, same/different-card and "no match" rule; ConvNeXt also meets the > 0.95 minimum vs
-# the teacher on its worst held-out photograph (0.971), EfficientNet (0.946) and the ViT (0.899) do not
-# yet (see the README).
+# the teacher on its worst held-out photograph (0.971), EfficientNet (0.946) and the ViT (0.938) do not
+# yet, each on one glare photograph (see the README).
 UNKNOWN_RULE = "unknown images reported 'no match'"
 TEACHER_PARITY = "parity vs teacher (ref_teacher, torch)"
 UNSEEN_ROW = "unseen cards: nearest distance (not gated)"
@@ -51,10 +51,10 @@ KNOWN_FAILURES: dict[str, set[str]] = {
     "ref_efficientnet": {TEACHER_PARITY},
     "ref_vit": {TEACHER_PARITY},
 }
-WORST_VIEW_AT_LEAST = {"ref_convnext": 0.965, "ref_efficientnet": 0.94, "ref_vit": 0.89}
-MEAN_AT_LEAST = {"ref_convnext": 0.99, "ref_efficientnet": 0.985, "ref_vit": 0.975}
-# card-free scenes reported "no match" (the rule: ≥ 90 %): ConvNeXt and the ViT 48 of 48, EfficientNet 45
-UNKNOWN_AT_LEAST = {"ref_convnext": 1.0, "ref_efficientnet": 0.93, "ref_vit": 1.0}
+WORST_VIEW_AT_LEAST = {"ref_convnext": 0.965, "ref_efficientnet": 0.94, "ref_vit": 0.93}
+MEAN_AT_LEAST = {"ref_convnext": 0.99, "ref_efficientnet": 0.985, "ref_vit": 0.985}
+# card-free scenes reported "no match" (the rule: ≥ 90 %): ConvNeXt 48 of 48, the ViT 47, EfficientNet 45
+UNKNOWN_AT_LEAST = {"ref_convnext": 1.0, "ref_efficientnet": 0.93, "ref_vit": 0.97}
 
 
 @pytest.mark.parametrize("student", REFERENCE_STUDENTS)
@@ -222,6 +222,19 @@ def test_trained_convnext_to_tflite_int8_keeps_parity(target, registry, tmp_path
     manifest = json.loads((outcome.out_dir / "manifest.json").read_text())
     scheme = "dynamic-range" if target == "tflite-int8" else "static int8 activations"
     assert scheme in manifest["quantization"]["scheme"]
+
+
+def test_efficientnet_openvino_int8_keeps_parity_with_its_float_modules(registry, tmp_path):
+    # int8 everywhere: parity vs source 0.968 against the 0.98 rule; the registry's float_modules (zoo
+    # diagnose --suggest's measured fix: the stem and the first three stages float) give 0.990
+    pytest.importorskip("nncf")
+    outcome = convert("ref_efficientnet", "openvino-int8", out_root=tmp_path, registry=registry, latency_runs=20)
+    rows = {c.name: c for c in outcome.report.checks if c.artifact == "model.int8.xml"}
+    parity = rows["parity vs source (torch fp32)"]
+    assert parity.status is Status.PASS and parity.data["cosine_min"] >= 0.985
+    kept = next(c for name, c in rows.items() if "float_modules" in name)
+    assert kept.status is Status.INFO and kept.value.startswith("8 module(s)")
+    assert rows[TEACHER_PARITY].data["cosine_min"] > WORST_VIEW_AT_LEAST["ref_efficientnet"] - 0.01
 
 
 def test_zoo_distill_writes_a_verified_checkpoint_and_registers_it(write_registry, tmp_path, capsys):

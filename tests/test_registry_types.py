@@ -309,3 +309,27 @@ def test_rewriting_a_registry_file_keeps_its_targets(write_registry):
     assert {"m", "n"} <= set(load_registry([path]).names())
     text = path.read_text()
     assert '[targets.mine]\nchain = ["torch_to_onnx"]\nruntime = "onnxruntime"\ninput_size = 96\n' in text
+
+
+WIDTH_FACTORY = """
+import torch
+
+def factory(input_size, width=4):
+    return torch.nn.Sequential(torch.nn.Conv2d(3, width, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+"""
+
+
+def test_a_factory_takes_the_architecture_args(write_registry, factory_module):
+    from zoo.models import build_backbone
+
+    factory_module("width_factory", WIDTH_FACTORY)
+    common = 'role = "teacher"\narchitecture = "width_factory:factory"\ninput_size = 32\nembedding_dim = {}\nembedding_space = "s"\n'
+    path = write_registry(
+        "[models.wide]\n" + common.format(6) + "architecture_args = { width = 6 }\n"
+        "[models.refused]\n" + common.format(4) + "architecture_args = { depth = 3 }\n"
+    )
+    registry = load_registry([path])
+    assert build_backbone(registry.get("wide"))[0].out_channels == 6
+    with pytest.raises(UsageError, match="refuses architecture_args") as refused:
+        build_backbone(registry.get("refused"))
+    assert "\n" not in str(refused.value)

@@ -102,7 +102,12 @@ def _factory_backbone(spec: ModelSpec):
         factory = getattr(importlib.import_module(module_name), func_name)
     except (ImportError, AttributeError) as exc:
         raise UsageError(f"model {spec.name!r}: cannot load factory {spec.architecture}: {exc}") from exc
-    return factory(input_size=spec.input_size)
+    try:
+        return factory(input_size=spec.input_size, **spec.architecture_args)
+    except TypeError as exc:
+        raise UsageError(
+            f"model {spec.name!r}: factory {spec.architecture} refuses architecture_args {spec.architecture_args}: {exc}"
+        ) from exc
 
 
 def build_backbone(spec: ModelSpec):

@@ -45,7 +45,7 @@ class ModelSpec:
     input_size: int
     embedding_space: str
     teacher: str | None = None
-    architecture_args: dict = field(default_factory=dict)  # keyword arguments for timm (e.g. patch_size)
+    architecture_args: dict = field(default_factory=dict)  # keyword arguments for timm or a factory (e.g. patch_size)
     head: tuple[int, ...] = ()  # projection head widths after the backbone; the last equals embedding_dim
     head_dropout: float = 0.0
     normalize: bool = True  # L2-normalize the embedding inside the model
@@ -220,8 +220,8 @@ def _spec_problems(data: dict) -> tuple[list[str], list[str]]:
     if head and head[-1] != data["embedding_dim"]:
         problems.append(f"the projection head ends at {head[-1]} but embedding_dim is {data['embedding_dim']}")
     arch = data["architecture"]
-    if data.get("architecture_args") and (arch.endswith(".onnx") or ":" in arch and not arch.startswith("timm:")):
-        problems.append(f"architecture_args are passed to timm; {arch} is not a timm model")
+    if data.get("architecture_args") and arch.endswith(".onnx"):
+        problems.append(f"architecture_args are passed to timm or a factory; {arch} is an exported graph")
     return problems, hints
 
 
