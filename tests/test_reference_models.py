@@ -39,23 +39,22 @@ def test_reference_teacher_separates_identities(registry):
 
 
 # What the shipped students reach on the card task (their model cards give the figures): each passes
-# every retrieval, same/different-card and "no match" rule; ConvNeXt also meets the > 0.95 minimum vs
-# the teacher on its worst held-out photograph (0.971), EfficientNet (0.946) and the ViT (0.938) do not
-# yet: EfficientNet on one glare photograph (its next-worst view 0.962), the ViT on an occluded one
-# (see the README).
+# every retrieval, same/different-card and "no match" rule; ConvNeXt (0.971) and EfficientNet (0.956)
+# also meet the > 0.95 minimum vs the teacher on their worst held-out photograph, the ViT (0.938) does
+# not yet (an occluded photograph; see the README).
 UNKNOWN_RULE = "unknown images reported 'no match'"
 TEACHER_PARITY = "parity vs teacher (ref_teacher, torch)"
 UNSEEN_ROW = "unseen cards: nearest distance (not gated)"
 SAME_P5 = "same identity, clean/glare views: cosine p5"
 KNOWN_FAILURES: dict[str, set[str]] = {
     "ref_convnext": set(),
-    "ref_efficientnet": {TEACHER_PARITY},
+    "ref_efficientnet": set(),
     "ref_vit": {TEACHER_PARITY},
 }
-WORST_VIEW_AT_LEAST = {"ref_convnext": 0.965, "ref_efficientnet": 0.94, "ref_vit": 0.93}
-MEAN_AT_LEAST = {"ref_convnext": 0.99, "ref_efficientnet": 0.985, "ref_vit": 0.985}
-# card-free scenes reported "no match" (the rule: ≥ 90 %): ConvNeXt 48 of 48, the ViT 47, EfficientNet 45
-UNKNOWN_AT_LEAST = {"ref_convnext": 1.0, "ref_efficientnet": 0.93, "ref_vit": 0.97}
+WORST_VIEW_AT_LEAST = {"ref_convnext": 0.965, "ref_efficientnet": 0.955, "ref_vit": 0.93}
+MEAN_AT_LEAST = {"ref_convnext": 0.99, "ref_efficientnet": 0.99, "ref_vit": 0.985}
+# card-free scenes reported "no match" (the rule: ≥ 90 %): ConvNeXt 48 of 48, the ViT and EfficientNet 47
+UNKNOWN_AT_LEAST = {"ref_convnext": 1.0, "ref_efficientnet": 0.97, "ref_vit": 0.97}
 
 
 @pytest.mark.parametrize("student", REFERENCE_STUDENTS)
@@ -226,16 +225,16 @@ def test_trained_convnext_to_tflite_int8_keeps_parity(target, registry, tmp_path
 
 
 def test_efficientnet_openvino_int8_keeps_parity_with_its_float_modules(registry, tmp_path):
-    # int8 everywhere: parity vs source 0.968 against the 0.98 rule; the registry's float_modules (zoo
-    # diagnose --suggest's measured fix: the stem and the first three stages float) give 0.990
+    # zoo diagnose --suggest's measured fix in the registry (the stem and the first three stages float):
+    # parity vs source 0.983 against the 0.98 rule, and the worst held-out view vs the teacher 0.954
     pytest.importorskip("nncf")
     outcome = convert("ref_efficientnet", "openvino-int8", out_root=tmp_path, registry=registry, latency_runs=20)
     rows = {c.name: c for c in outcome.report.checks if c.artifact == "model.int8.xml"}
     parity = rows["parity vs source (torch fp32)"]
-    assert parity.status is Status.PASS and parity.data["cosine_min"] >= 0.985
+    assert parity.status is Status.PASS and parity.data["cosine_min"] >= 0.98
     kept = next(c for name, c in rows.items() if "float_modules" in name)
     assert kept.status is Status.INFO and kept.value.startswith("8 module(s)")
-    assert rows[TEACHER_PARITY].data["cosine_min"] > WORST_VIEW_AT_LEAST["ref_efficientnet"] - 0.01
+    assert rows[TEACHER_PARITY].status is Status.PASS and rows[TEACHER_PARITY].data["cosine_min"] > 0.95
 
 
 def test_zoo_distill_writes_a_verified_checkpoint_and_registers_it(write_registry, tmp_path, capsys):
