@@ -105,6 +105,8 @@ def _factory_backbone(spec: ModelSpec):
     try:
         return factory(input_size=spec.input_size, **spec.architecture_args)
     except TypeError as exc:
+        if not spec.architecture_args:
+            raise  # the factory's own error, not a refused keyword
         raise UsageError(
             f"model {spec.name!r}: factory {spec.architecture} refuses architecture_args {spec.architecture_args}: {exc}"
         ) from exc
