@@ -142,6 +142,7 @@ class TfliteToInt8:
     calibrated = True  # reads a calibration set (--calibration)
     dynamic = False
     op_types = WEIGHT_OPS
+    float_modules = True  # leaves the model's float_modules in float
 
     def preflight(self, ctx: ConvertContext, upstream: Artifact | None) -> list[str]:
         require("ai_edge_quantizer", self.extra)
@@ -163,6 +164,15 @@ class TfliteToInt8:
         prepared = ctx.workdir / f"{Path(upstream.name).stem}.fcbias.tflite"  # the quantizer's input only
         flatten_fc_biases(source, prepared)
         float_ops = [] if self.dynamic else float_after_attention(prepared)
+        if self.float_modules:
+            from zoo.diagnose import SPEED_ROW_COST, float_module_nodes, float_modules_check
+
+            mapping = float_module_nodes(ctx, lambda: LiteRtSession(prepared))
+            if mapping:
+                float_ops += [n for nodes in mapping.values() for n in nodes if n not in float_ops]
+                ctx.checks.append(
+                    float_modules_check(mapping, artifact=dst.name, kept_as="in float", cost=SPEED_ROW_COST)
+                )
         scope = scope_regex(float_ops)
         samples = None if self.dynamic else self._calibration_samples(ctx, prepared)
         log = io.StringIO()
@@ -221,6 +231,7 @@ class TfliteToInt8Dynamic(TfliteToInt8):
     name = "tflite_to_int8"
     calibrated = False  # dynamic-range: no calibration set
     dynamic = True
+    float_modules = False  # activations stay float already
     # Depthwise convolutions stay float: XNNPACK has no fast dynamically quantized depthwise kernel
     # (efficientnet_b0 at 224 px: 0.50× the fp32 speed with them int8, 1.08–1.22× without).
     op_types = ("FULLY_CONNECTED", "CONV_2D")

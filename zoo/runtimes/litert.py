@@ -56,6 +56,18 @@ class LiteRtSession(SessionBase):
             y = (y.astype(np.float32) - zero) * scale
         return np.array(y, dtype=np.float32)
 
+    def producers(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """Tensor name → (its op, named by the op's first output tensor — the scope ai-edge-quantizer
+        matches — and the op's input tensor names)."""
+        names = {d["index"]: d["name"] for d in self._interpreter.get_tensor_details()}
+        table = {}
+        for op in self._interpreter._get_ops_details():
+            outputs = [names[i] for i in op["outputs"] if i in names]
+            inputs = tuple(names[i] for i in op["inputs"] if i in names)
+            for output in outputs:
+                table[output] = (outputs[0], inputs)
+        return table
+
     def intermediates(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Every float (or dequantized int8) tensor, from an interpreter that keeps them all (LiteRT's
         experimental_preserve_all_tensors), one sample at a time; NHWC tensors stay NHWC."""
