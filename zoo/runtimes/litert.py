@@ -8,6 +8,7 @@ int8-input/-output artifact gets them (de)quantized with the tensor's own scale 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -72,9 +73,11 @@ class LiteRtSession(SessionBase):
         """Every float (or dequantized int8) tensor, from an interpreter that keeps them all (LiteRT's
         experimental_preserve_all_tensors), one sample at a time; NHWC tensors stay NHWC."""
         interpreter_module = require("ai_edge_litert.interpreter", EXTRA)
-        tapped = interpreter_module.Interpreter(
-            model_path=str(self.path), num_threads=self._threads, experimental_preserve_all_tensors=True
-        )
+        with warnings.catch_warnings():  # LiteRT warns that keeping every tensor is for debugging: it is here
+            warnings.simplefilter("ignore", UserWarning)
+            tapped = interpreter_module.Interpreter(
+                model_path=str(self.path), num_threads=self._threads, experimental_preserve_all_tensors=True
+            )
         tapped.allocate_tensors()
         details = [d for d in tapped.get_tensor_details() if d["index"] != self._input["index"]]
         runs = []
