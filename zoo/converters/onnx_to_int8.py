@@ -82,15 +82,13 @@ class OnnxToInt8:
         onnx = require("onnx", self.extra)
         source = ctx.workdir / upstream.name
         dst = ctx.workdir / f"{Path(upstream.name).stem}.int8.onnx"
-        from zoo.diagnose import SPEED_ROW_COST, float_module_nodes, float_modules_check
+        from zoo.diagnose import nodes_kept_in_float
 
         calib = ctx.calibration_set(ORT_RECOMMENDED)
         scheme = scheme_for(onnx.load(str(source), load_external_data=False).graph)
-        mapping = float_module_nodes(ctx, lambda: OrtSession(source))
-        kept = [n for nodes in mapping.values() for n in nodes]
+        kept = nodes_kept_in_float(ctx, lambda: OrtSession(source), dst.name)
         if kept:  # the model's float_modules for this target
             scheme = replace(scheme, float_nodes=tuple(dict.fromkeys([*scheme.float_nodes, *kept])))
-            ctx.checks.append(float_modules_check(mapping, artifact=dst.name, kept_as="in float", cost=SPEED_ROW_COST))
         quantize_qdq(
             source,
             dst,

@@ -69,17 +69,10 @@ class OpenVinoToInt8:
         nncf = require("nncf", self.extra)
         source = ctx.workdir / upstream.name
         model = core().read_model(str(source))
-        from zoo.diagnose import SPEED_ROW_COST, float_module_nodes, float_modules_check
+        from zoo.diagnose import nodes_kept_in_float
 
         calib = ctx.calibration_set(NNCF_RECOMMENDED)
-        mapping = float_module_nodes(ctx, lambda: OpenVinoSession(source))
-        kept = [n for nodes in mapping.values() for n in nodes]
-        if kept:
-            ctx.checks.append(
-                float_modules_check(
-                    mapping, artifact=f"{Path(upstream.name).stem}.int8.xml", kept_as="in float", cost=SPEED_ROW_COST
-                )
-            )
+        kept = nodes_kept_in_float(ctx, lambda: OpenVinoSession(source), f"{Path(upstream.name).stem}.int8.xml")
         ignored = list(dict.fromkeys([*float_tail(model), *kept]))  # kept: the model's float_modules
         kwargs = {
             "subset_size": calib.count,

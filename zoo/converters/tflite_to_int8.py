@@ -163,16 +163,12 @@ class TfliteToInt8:
         dst = ctx.workdir / f"{Path(upstream.name).stem}.int8.tflite"
         prepared = ctx.workdir / f"{Path(upstream.name).stem}.fcbias.tflite"  # the quantizer's input only
         flatten_fc_biases(source, prepared)
-        float_ops = [] if self.dynamic else float_after_attention(prepared)
-        if self.float_modules:
-            from zoo.diagnose import SPEED_ROW_COST, float_module_nodes, float_modules_check
+        float_ops = []
+        if not self.dynamic:  # dynamic-range int8 leaves activations float anyway (and takes no float_modules)
+            from zoo.diagnose import nodes_kept_in_float
 
-            mapping = float_module_nodes(ctx, lambda: LiteRtSession(prepared))
-            if mapping:
-                float_ops += [n for nodes in mapping.values() for n in nodes if n not in float_ops]
-                ctx.checks.append(
-                    float_modules_check(mapping, artifact=dst.name, kept_as="in float", cost=SPEED_ROW_COST)
-                )
+            kept = nodes_kept_in_float(ctx, lambda: LiteRtSession(prepared), dst.name)
+            float_ops = list(dict.fromkeys([*float_after_attention(prepared), *kept]))
         scope = scope_regex(float_ops)
         samples = None if self.dynamic else self._calibration_samples(ctx, prepared)
         log = io.StringIO()

@@ -360,3 +360,14 @@ def float_modules_check(mapping: dict[str, list[str]], *, artifact: str, kept_as
         detail=f"kept {kept_as}: {', '.join(mapping)}; cost: {cost}",
         data={"modules": list(mapping), "nodes": nodes, "kept_as": kept_as},
     )
+
+
+def nodes_kept_in_float(ctx, open_session, artifact: str) -> list[str]:
+    """For an int8 step that leaves nodes in float: the nodes of the model's float_modules for this target
+    (float_module_nodes), with the report row naming them, its cost in the step's measured speed row.
+    [] when the model names none."""
+    mapping = float_module_nodes(ctx, open_session)
+    kept = [n for nodes in mapping.values() for n in nodes]
+    if kept:
+        ctx.checks.append(float_modules_check(mapping, artifact=artifact, kept_as="in float", cost=SPEED_ROW_COST))
+    return kept
