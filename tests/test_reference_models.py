@@ -203,6 +203,14 @@ def test_students_side_by_side_come_out_as_if_trained_alone(registry):
         assert side.state_dict().keys() == alone.state_dict().keys()
         assert all(torch.equal(x, alone.state_dict()[k]) for k, x in side.state_dict().items())
     assert a_log.losses == a_alone_log.losses and len(a_log.losses) == 2
+    # each in a process of its own, from pools rendered once into a folder: the same bytes again
+    (a_apart, a_apart_log), (b_apart, _) = distill_students(
+        teacher, [a, b], epochs=[2, 1], batch=[64, 32], lr=[3e-3, 1e-3], workers=1, processes=2, **options
+    )
+    for apart, alone in ((a_apart, a_alone), (b_apart, b_alone)):
+        assert all(torch.equal(x, alone.state_dict()[k]) for k, x in apart.state_dict().items())
+    assert a_apart_log.losses == a_alone_log.losses
+    assert a_apart_log.heldout["after"] == a_log.heldout["after"]
 
 
 @pytest.mark.parametrize("target", ["tflite-int8", "tflite-int8-static"])
@@ -291,3 +299,21 @@ def test_reference_task_and_checkpoints_are_deterministic(registry, tmp_path):
     assert np.array_equal(_load("binary_blobs"), _load("binary_blobs"))
     net = build_model(registry.get("ref_efficientnet"))
     assert len({save_weights(net, tmp_path / f"w{i}.safetensors") for i in range(4)}) == 1
+
+
+def test_a_student_failing_in_its_process_stops_the_others_and_leaves_no_pools(registry, tmp_path, monkeypatch):
+    import dataclasses
+    import tempfile
+
+    from zoo.errors import UsageError
+    from zoo.training import distill_students
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    teacher = registry.get(REFERENCE_TEACHER)
+    good = dataclasses.replace(registry.get("ref_convnext"), checkpoint=None)
+    bad = dataclasses.replace(registry.get("ref_vit"), checkpoint=None, architecture_args={"no_such_option": 1})
+    with pytest.raises(UsageError, match="no_such_option"):
+        distill_students(
+            teacher, [good, bad], epochs=40, views_per_image=2, negative_views=1, processes=2, show_progress=False
+        )
+    assert not list(tmp_path.glob("zoo-pools-*"))  # the rendered pools went with the run

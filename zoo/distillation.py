@@ -149,10 +149,12 @@ def distill_and_register_students(
     batch: int | list[int] = STUDENT_RECIPE["batch"],
     lr: float | list[float] = STUDENT_RECIPE["lr"],
     seed: int = 0,
+    processes: int = 1,
     show_progress: bool = True,
 ) -> list[TrainedModel]:
-    """Distil each (student, checkpoint path) from `teacher` on the same pools (training.distill_students),
-    then write each checkpoint and model card and register it."""
+    """Distil each (student, checkpoint path) from `teacher` on the same pools (training.distill_students;
+    `processes` > 1: each student in a process of its own), then write each checkpoint and model card and
+    register it."""
     from zoo.errors import UsageError
     from zoo.training import distill_students
 
@@ -177,6 +179,7 @@ def distill_and_register_students(
         batch=batch,
         lr=lr,
         seed=seed,
+        processes=processes,
         show_progress=show_progress,
     )
     return [
@@ -226,10 +229,10 @@ def _save_student(teacher, student, out, model, log, register, images_dir, recip
 
 
 def train_reference_embedder(
-    name: str, recipe: dict, out_dir: Path, registry: Registry, *, show_progress: bool = True
+    name: str, recipe: dict, out_dir: Path, registry: Registry, *, show_progress: bool = True, register: bool = True
 ) -> TrainedModel:
     """Retrain a reference model ArcFace-first (the teacher, the dog-line embedder) into `out_dir`,
-    registered in `out_dir/registry.toml`."""
+    registered in `out_dir/registry.toml` (unless `register` is false: the caller registers it)."""
     import torch
 
     from zoo.training import train_arcface
@@ -263,7 +266,8 @@ def train_reference_embedder(
         "checkpoint_sha256": sha,
     }
     _write_card(path, card)
-    upsert_registry_file(out_dir / "registry.toml", spec, override=True)
+    if register:
+        upsert_registry_file(out_dir / "registry.toml", spec, override=True)
     return TrainedModel(spec, card)
 
 
@@ -275,8 +279,9 @@ def train_reference_teacher(out_dir: Path, registry: Registry, *, show_progress:
 def distill_reference_students(
     names, teacher: ModelSpec, out_dir: Path, registry: Registry, *, show_progress: bool = True
 ) -> list[TrainedModel]:
-    """Distil reference students from `teacher` into `out_dir` (its registry.toml), side by side on the
-    same rendered pools; each comes out as it would alone (training.distill_students)."""
+    """Distil reference students from `teacher` into `out_dir` (its registry.toml) from the same rendered
+    pools, each in a process of its own while there are cores; each comes out as it would alone
+    (training.distill_students)."""
     import torch
 
     torch.set_num_threads(TRAINING_THREADS)
@@ -293,18 +298,32 @@ def distill_reference_students(
         lr=[student_recipe(name)["lr"] for name in names],
         views_per_image=STUDENT_RECIPE["views_per_image"],
         seed=STUDENT_RECIPE["seed"],
+        processes=min(len(names), os.cpu_count() or 1),
         show_progress=show_progress,
     )
 
 
 def build_reference(out_dir: Path, registry: Registry, *, show_progress: bool = True) -> list[TrainedModel]:
     """Retrain the reference teacher (ArcFace), distil the reference students and retrain ref_dog into
-    `out_dir`, writing `out_dir/registry.toml`. Compare with the shipped weights via compare_with_shipped()."""
-    teacher = train_reference_teacher(out_dir, registry, show_progress=show_progress)
-    students = distill_reference_students(
-        REFERENCE_STUDENTS, teacher.spec, out_dir, registry, show_progress=show_progress
-    )
-    dog = train_reference_embedder(REFERENCE_DOG, DOG_RECIPE, out_dir, registry, show_progress=show_progress)
+    `out_dir`, writing `out_dir/registry.toml`. Compare with the shipped weights via compare_with_shipped().
+    ref_dog needs neither teacher nor students: it trains beside them in a process of its own (its own
+    bytes either way), which keeps both cores busy while the teacher trains."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: this process holds torch's thread pools, which a forked child must not inherit
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as executor:
+        dog_future = executor.submit(
+            train_reference_embedder, REFERENCE_DOG, DOG_RECIPE, out_dir, registry, show_progress=False, register=False
+        )
+        if show_progress:
+            print(f"{REFERENCE_DOG} trains in a process of its own, beside the teacher and the students", flush=True)
+        teacher = train_reference_teacher(out_dir, registry, show_progress=show_progress)
+        students = distill_reference_students(
+            REFERENCE_STUDENTS, teacher.spec, out_dir, registry, show_progress=show_progress
+        )
+        dog = dog_future.result()
+    upsert_registry_file(Path(out_dir) / "registry.toml", dog.spec, override=True)
     return [teacher, *students, dog]
 
 

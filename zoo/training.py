@@ -277,20 +277,19 @@ def distill_students(
     seed: int = 0,
     occlude: float = DISTILL_OCCLUSION,
     workers: int | None = None,
+    processes: int = 1,
     show_progress: bool = True,
 ):
     """Train each student's embedding to reproduce the frozen teacher's (cosine loss on L2-normalized
     embeddings). Each epoch draws a fresh augmented pool (seeded per epoch, rendered ahead in worker
     processes), which the frozen teacher embeds once for every student, so a student of a few hundred
-    thousand weights sees fresh occlusions instead of memorising one set. The students train in lockstep
-    on the same pools, each with its own random state: each comes out exactly as if trained alone.
+    thousand weights sees fresh occlusions instead of memorising one set. Every student keeps a random
+    state of its own, so each comes out exactly as if trained alone: with processes = 1 they train in
+    lockstep here; with more, each in a process of its own (zoo.pool_cache), from pools rendered and
+    embedded once into a temporary folder.
     `epochs` is one count for all, or one per student (a student's pools are the first of the shared ones);
     `batch` and `lr` likewise.
     Returns [(student model, log)] with held-out cosine vs the teacher before and after."""
-    import torch
-
-    from zoo.models import build_model
-
     for student_spec in student_specs:
         if teacher_spec.embedding_dim != student_spec.embedding_dim:
             from zoo.errors import UsageError
@@ -300,13 +299,6 @@ def distill_students(
                 f"{teacher_spec.embedding_dim}-d: distillation needs the same dimension"
             )
     per_student, batches, rates = (_each(v, len(student_specs)) for v in (epochs, batch, lr))
-    _seed_all(seed)
-    teacher = build_model(teacher_spec)
-    students, states = [], []
-    for student_spec in student_specs:
-        _seed_all(seed)
-        students.append(build_model(student_spec, load_checkpoint=False))
-        states.append(torch.get_rng_state())
     negatives: tuple[np.ndarray, ...] = ()
     cards = images is None  # the reference task: photographs of its cards, and its training negatives
     if cards:
@@ -321,60 +313,108 @@ def distill_students(
         (images, negatives, views_per_image, negative_views, size, seed * 1000 + epoch, occlude, True, cards)
         for epoch in range(max(per_student))
     ]
+    pool_size = len(images) * views_per_image + len(negatives) * negative_views
+    runs = [
+        _StudentRun(spec, count, batch_size, rate, seed, pool_size)
+        for spec, count, batch_size, rate in zip(student_specs, per_student, batches, rates)
+    ]
+    if processes > 1 and len(runs) > 1:
+        from zoo.pool_cache import distill_in_processes
 
-    ev = eval_set()
-    ev_teacher = embed(teacher, ev.views, teacher_spec)
-    known = ev.labels >= 0  # the identities' views; unknown images are reported apart
-    conditions = np.asarray(ev.conditions)
+        return distill_in_processes(teacher_spec, runs, jobs, processes, workers, show_progress)
+    teacher = _build_teacher(teacher_spec, seed)
+    heldout = HeldOut(teacher, teacher_spec)
+    for run in runs:
+        run.start(heldout)
+    start = time.perf_counter()
+    names = ", ".join(spec.name for spec in student_specs)
+    bar = _progress_bar(len(jobs), f"distill {names} ← {teacher_spec.name}", show_progress)
+    for epoch, (views, target) in enumerate(embedded_pools(jobs, teacher, teacher_spec, workers)):
+        for run in runs:
+            if epoch < run.epochs:  # else this student's epochs are done
+                run.train_epoch(views, target)
+        bar.set_postfix(loss=" ".join(f"{run.log.losses[-1]:.4f}" for run in runs if run.log.losses))
+        bar.update()
+    bar.close()
+    seconds = time.perf_counter() - start
+    return [run.finish(heldout, seconds) for run in runs]
 
-    def heldout_cosine(student, spec):
-        cos = cosine_rows(embed(student, ev.views, spec), ev_teacher)
+
+def _build_teacher(teacher_spec: ModelSpec, seed: int):
+    from zoo.models import build_model
+
+    _seed_all(seed)
+    return build_model(teacher_spec)
+
+
+def embedded_pools(jobs: list[tuple], teacher, teacher_spec: ModelSpec, workers: int | None):
+    """(views, the teacher's embeddings of them) for each pool job, in order: the teacher's, once per pool."""
+    import torch
+
+    for views, _ in prefetched_pools(jobs, workers):
+        yield views, torch.from_numpy(embed(teacher, views, teacher_spec))
+
+
+class HeldOut:
+    """Held-out photographs and the teacher's embeddings of them: how near a student follows."""
+
+    def __init__(self, teacher, teacher_spec: ModelSpec):
+        self.set = eval_set()
+        self.teacher = embed(teacher, self.set.views, teacher_spec)
+        self.known = self.set.labels >= 0  # the identities' views; unknown images are reported apart
+        self.conditions = np.asarray(self.set.conditions)
+
+    def cosine(self, student, spec: ModelSpec) -> dict:
+        cos = cosine_rows(embed(student, self.set.views, spec), self.teacher)
+        known = self.known
         return {
             "min": float(cos[known].min()),
             "p5": float(np.percentile(cos[known], 5)),
             "mean": float(cos[known].mean()),
             "unknown_mean": float(cos[~known].mean()),
-            "by_condition_min": {c: float(cos[conditions == c].min()) for c in dict.fromkeys(ev.conditions)},
+            "by_condition_min": {c: float(cos[self.conditions == c].min()) for c in dict.fromkeys(self.set.conditions)},
         }
 
-    logs = [TrainingLog() for _ in students]
-    optimizers, schedulers = [], []
-    pool_size = len(images) * views_per_image + len(negatives) * negative_views
-    for student, spec, log, count, batch_size, rate in zip(students, student_specs, logs, per_student, batches, rates):
-        log.heldout["before"] = heldout_cosine(student, spec)
-        optimizers.append(torch.optim.AdamW(student.parameters(), lr=rate, weight_decay=0.01))
-        steps_per_epoch = pool_size // batch_size
-        schedulers.append(_schedule(optimizers[-1], count * steps_per_epoch, warmup=steps_per_epoch))
-    start = time.perf_counter()
-    names = ", ".join(spec.name for spec in student_specs)
-    bar = _progress_bar(len(jobs), f"distill {names} ← {teacher_spec.name}", show_progress)
-    pools = prefetched_pools(jobs, workers)
-    for epoch, (views, _) in enumerate(pools):
-        target = torch.from_numpy(embed(teacher, views, teacher_spec))  # the teacher's, once per pool
-        for i, (student, spec, log) in enumerate(zip(students, student_specs, logs)):
-            if epoch >= per_student[i]:
-                continue  # this student's epochs are done
-            torch.set_rng_state(states[i])
-            x_all = _to_input(views, spec)
-            student.train()
-            order = torch.randperm(len(x_all))
-            losses = []
-            batch_size = batches[i]
-            for step in range(pool_size // batch_size):
-                idx = order[step * batch_size : (step + 1) * batch_size]
-                out = student(x_all[idx])
-                losses.append(_step(optimizers[i], schedulers[i], _distillation_loss(out, target[idx])))
-            log.losses.append(float(np.mean(losses)))
-            states[i] = torch.get_rng_state()
-        bar.set_postfix(loss=" ".join(f"{log.losses[-1]:.4f}" for log in logs if log.losses))
-        bar.update()
-    bar.close()
-    seconds = time.perf_counter() - start
-    results = []
-    for student, spec, log, count, batch_size, rate in zip(students, student_specs, logs, per_student, batches, rates):
-        log.epochs, log.batch, log.lr = count, batch_size, rate
-        log.seconds = seconds
-        student.eval()
-        log.heldout["after"] = heldout_cosine(student, spec)
-        results.append((student, log))
-    return results
+
+class _StudentRun:
+    """One student's training: its model, optimizer, schedule and random state, an epoch at a time."""
+
+    def __init__(self, spec: ModelSpec, epochs: int, batch: int, lr: float, seed: int, pool_size: int):
+        self.spec, self.epochs, self.batch, self.lr, self.seed = spec, epochs, batch, lr, seed
+        self.steps_per_epoch = pool_size // batch
+        self.log = TrainingLog(epochs=epochs, batch=batch, lr=lr)
+        self.model = None
+
+    def start(self, heldout: HeldOut) -> None:
+        """Build the student as seeded (the same weights wherever it trains) and its optimizer."""
+        import torch
+
+        from zoo.models import build_model
+
+        _seed_all(self.seed)
+        self.model = build_model(self.spec, load_checkpoint=False)
+        self.rng = torch.get_rng_state()
+        self.log.heldout["before"] = heldout.cosine(self.model, self.spec)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.01)
+        self.scheduler = _schedule(self.optimizer, self.epochs * self.steps_per_epoch, warmup=self.steps_per_epoch)
+
+    def train_epoch(self, views: np.ndarray, target) -> None:
+        import torch
+
+        torch.set_rng_state(self.rng)
+        x_all = _to_input(views, self.spec)
+        self.model.train()
+        order = torch.randperm(len(x_all))
+        losses = []
+        for step in range(self.steps_per_epoch):
+            idx = order[step * self.batch : (step + 1) * self.batch]
+            out = self.model(x_all[idx])
+            losses.append(_step(self.optimizer, self.scheduler, _distillation_loss(out, target[idx])))
+        self.log.losses.append(float(np.mean(losses)))
+        self.rng = torch.get_rng_state()
+
+    def finish(self, heldout: HeldOut, seconds: float):
+        self.log.seconds = seconds
+        self.model.eval()
+        self.log.heldout["after"] = heldout.cosine(self.model, self.spec)
+        return self.model, self.log
