@@ -49,6 +49,7 @@ def main() -> None:
             negative_views=recipe["negative_views"],
             batch=recipe["batch"],
             lr=recipe["lr"],
+            ema=recipe["ema"],
             seed=recipe["seed"],
             show_progress=False,
         )

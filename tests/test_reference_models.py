@@ -192,25 +192,26 @@ def test_students_side_by_side_come_out_as_if_trained_alone(registry):
     teacher = registry.get(REFERENCE_TEACHER)
     a, b = (dataclasses.replace(registry.get(n), checkpoint=None) for n in ("ref_convnext", "ref_efficientnet"))
     options = dict(views_per_image=2, negative_views=1, show_progress=False)
-    # a stops after 2 epochs, b after 1, in batches and at a rate of its own: each as if alone
-    (a_side, a_log), (b_side, b_log) = distill_students(
-        teacher, [a, b], epochs=[2, 1], batch=[64, 32], lr=[3e-3, 1e-3], workers=1, **options
-    )
+    # a stops after 2 epochs, b after 1, in batches, at a rate and with a weight average of its own:
+    # each as if alone
+    own = dict(epochs=[2, 1], batch=[64, 32], lr=[3e-3, 1e-3], ema=[0.0, 0.9])
+    (a_side, a_log), (b_side, b_log) = distill_students(teacher, [a, b], workers=1, **own, **options)
     a_alone, a_alone_log = distill(teacher, a, epochs=2, workers=0, **options)
-    b_alone, _ = distill(teacher, b, epochs=1, batch=32, lr=1e-3, workers=1, **options)
+    b_alone, _ = distill(teacher, b, epochs=1, batch=32, lr=1e-3, ema=0.9, workers=1, **options)
     assert (b_log.batch, b_log.lr) == (32, 1e-3)
     for side, alone in ((a_side, a_alone), (b_side, b_alone)):
         assert side.state_dict().keys() == alone.state_dict().keys()
         assert all(torch.equal(x, alone.state_dict()[k]) for k, x in side.state_dict().items())
     assert a_log.losses == a_alone_log.losses and len(a_log.losses) == 2
     # each in a process of its own, from pools rendered once into a folder: the same bytes again
-    (a_apart, a_apart_log), (b_apart, _) = distill_students(
-        teacher, [a, b], epochs=[2, 1], batch=[64, 32], lr=[3e-3, 1e-3], workers=1, processes=2, **options
-    )
+    (a_apart, a_apart_log), (b_apart, _) = distill_students(teacher, [a, b], workers=1, processes=2, **own, **options)
     for apart, alone in ((a_apart, a_alone), (b_apart, b_alone)):
         assert all(torch.equal(x, alone.state_dict()[k]) for k, x in apart.state_dict().items())
     assert a_apart_log.losses == a_alone_log.losses
     assert a_apart_log.heldout["after"] == a_log.heldout["after"]
+    # the average is what comes back: not the last weights
+    last, _ = distill(teacher, b, epochs=1, batch=32, lr=1e-3, workers=0, **options)
+    assert not all(torch.equal(x, last.state_dict()[k]) for k, x in b_alone.state_dict().items())
 
 
 @pytest.mark.parametrize("target", ["tflite-int8", "tflite-int8-static"])

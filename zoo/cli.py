@@ -170,6 +170,7 @@ def cmd_distill(
         views_per_image=views or recipe["views_per_image"],
         batch=recipe["batch"],
         lr=recipe["lr"],
+        ema=recipe["ema"],
         seed=seed,
         show_progress=not quiet,
     )

@@ -274,6 +274,7 @@ def distill_students(
     negative_views: int = 16,
     batch: int | list[int] = 64,
     lr: float | list[float] = 3e-3,
+    ema: float | list[float] = 0.0,
     seed: int = 0,
     occlude: float = DISTILL_OCCLUSION,
     workers: int | None = None,
@@ -288,7 +289,8 @@ def distill_students(
     lockstep here; with more, each in a process of its own (zoo.pool_cache), from pools rendered and
     embedded once into a temporary folder.
     `epochs` is one count for all, or one per student (a student's pools are the first of the shared ones);
-    `batch` and `lr` likewise.
+    `batch`, `lr` and `ema` likewise. `ema` > 0 returns the exponential moving average of the student's
+    weights (that decay per step) instead of its last weights.
     Returns [(student model, log)] with held-out cosine vs the teacher before and after."""
     for student_spec in student_specs:
         if teacher_spec.embedding_dim != student_spec.embedding_dim:
@@ -298,7 +300,7 @@ def distill_students(
                 f"student {student_spec.name} embeds {student_spec.embedding_dim}-d, teacher {teacher_spec.name} "
                 f"{teacher_spec.embedding_dim}-d: distillation needs the same dimension"
             )
-    per_student, batches, rates = (_each(v, len(student_specs)) for v in (epochs, batch, lr))
+    per_student, batches, rates, decays = (_each(v, len(student_specs)) for v in (epochs, batch, lr, ema))
     negatives: tuple[np.ndarray, ...] = ()
     cards = images is None  # the reference task: photographs of its cards, and its training negatives
     if cards:
@@ -315,8 +317,8 @@ def distill_students(
     ]
     pool_size = len(images) * views_per_image + len(negatives) * negative_views
     runs = [
-        _StudentRun(spec, count, batch_size, rate, seed, pool_size)
-        for spec, count, batch_size, rate in zip(student_specs, per_student, batches, rates)
+        _StudentRun(spec, count, batch_size, rate, decay, seed, pool_size)
+        for spec, count, batch_size, rate, decay in zip(student_specs, per_student, batches, rates, decays)
     ]
     if processes > 1 and len(runs) > 1:
         from zoo.pool_cache import distill_in_processes
@@ -379,11 +381,11 @@ class HeldOut:
 class _StudentRun:
     """One student's training: its model, optimizer, schedule and random state, an epoch at a time."""
 
-    def __init__(self, spec: ModelSpec, epochs: int, batch: int, lr: float, seed: int, pool_size: int):
-        self.spec, self.epochs, self.batch, self.lr, self.seed = spec, epochs, batch, lr, seed
+    def __init__(self, spec: ModelSpec, epochs: int, batch: int, lr: float, ema: float, seed: int, pool_size: int):
+        self.spec, self.epochs, self.batch, self.lr, self.ema_decay, self.seed = spec, epochs, batch, lr, ema, seed
         self.steps_per_epoch = pool_size // batch
         self.log = TrainingLog(epochs=epochs, batch=batch, lr=lr)
-        self.model = None
+        self.model = self.ema = None
 
     def start(self, heldout: HeldOut) -> None:
         """Build the student as seeded (the same weights wherever it trains) and its optimizer."""
@@ -394,6 +396,10 @@ class _StudentRun:
         _seed_all(self.seed)
         self.model = build_model(self.spec, load_checkpoint=False)
         self.rng = torch.get_rng_state()
+        if self.ema_decay:
+            import copy
+
+            self.ema = copy.deepcopy(self.model)
         self.log.heldout["before"] = heldout.cosine(self.model, self.spec)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.lr, weight_decay=0.01)
         self.scheduler = _schedule(self.optimizer, self.epochs * self.steps_per_epoch, warmup=self.steps_per_epoch)
@@ -410,11 +416,25 @@ class _StudentRun:
             idx = order[step * self.batch : (step + 1) * self.batch]
             out = self.model(x_all[idx])
             losses.append(_step(self.optimizer, self.scheduler, _distillation_loss(out, target[idx])))
+            if self.ema is not None:
+                self._update_ema()
         self.log.losses.append(float(np.mean(losses)))
         self.rng = torch.get_rng_state()
 
+    def _update_ema(self) -> None:
+        """ema ← decay·ema + (1 − decay)·weights after each step; BatchNorm statistics copied as they are."""
+        import torch
+
+        with torch.no_grad():
+            for averaged, weight in zip(self.ema.parameters(), self.model.parameters()):
+                averaged.mul_(self.ema_decay).add_(weight, alpha=1 - self.ema_decay)
+            for averaged, buffer in zip(self.ema.buffers(), self.model.buffers()):
+                averaged.copy_(buffer)
+
     def finish(self, heldout: HeldOut, seconds: float):
         self.log.seconds = seconds
+        if self.ema is not None:
+            self.model = self.ema
         self.model.eval()
         self.log.heldout["after"] = heldout.cosine(self.model, self.spec)
         return self.model, self.log

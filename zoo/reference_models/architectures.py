@@ -29,23 +29,50 @@ def conv_stem_vit(
     from torch import nn
 
     import_timm()
-    from timm.layers import HybridEmbed
-    from timm.models.vision_transformer import VisionTransformer
-
     layers, channels = [], 3
     for width in widths:
         layers += [nn.Conv2d(channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
         layers += [_ResidualBlock(width) for _ in range(residual_blocks)]
         channels = width
+    return _vit_on(nn.Sequential(*layers), input_size, embed_dim, depth, num_heads, **vit_options)
+
+
+def convnext_stem_vit(
+    input_size: int,
+    stem: str = "test_convnext",
+    stem_stages: int = 3,
+    embed_dim: int = 128,
+    depth: int = 4,
+    num_heads: int = 4,
+    **vit_options,
+):
+    """A hybrid ViT: the first `stem_stages` stages of timm's ConvNeXt `stem` (its 4x4 patchify stem,
+    depthwise 7x7 blocks, a stride-2 downsample between stages: a 4x4 grid at 64 px after three) make the
+    tokens of conv_stem_vit's transformer. Convolutions first, attention on the coarse grid, like
+    CoAtNet; a student of a ConvNeXt teacher follows it where an occluder changes local features."""
+    from torch import nn
+
+    timm = import_timm()
+    convnext = timm.create_model(stem, num_classes=0)
+    backbone = nn.Sequential(convnext.stem, *list(convnext.stages)[:stem_stages])
+    return _vit_on(backbone, input_size, embed_dim, depth, num_heads, **vit_options)
+
+
+def _vit_on(backbone, input_size: int, embed_dim: int, depth: int, num_heads: int, **vit_options):
+    """timm's VisionTransformer (class token, learned position embeddings, MLP ratio 4) with one token
+    per position of `backbone`'s output."""
+    from timm.layers import HybridEmbed
+    from timm.models.vision_transformer import VisionTransformer
+
     return VisionTransformer(
         img_size=input_size,
-        patch_size=1,  # one token per position of the stem's output
+        patch_size=1,  # one token per position of the backbone's output
         num_classes=0,
         embed_dim=embed_dim,
         depth=depth,
         num_heads=num_heads,
         mlp_ratio=4,
-        embed_layer=partial(HybridEmbed, backbone=nn.Sequential(*layers)),
+        embed_layer=partial(HybridEmbed, backbone=backbone),
         **vit_options,
     )
 
