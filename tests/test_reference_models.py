@@ -39,9 +39,8 @@ def test_reference_teacher_separates_identities(registry):
 
 
 # What the shipped students reach on the card task (their model cards give the figures): each passes
-# every retrieval, same/different-card and "no match" rule; ConvNeXt (0.971) and EfficientNet (0.956)
-# also meet the > 0.95 minimum vs the teacher on their worst held-out photograph, the ViT (0.938) does
-# not yet (an occluded photograph; see the README).
+# every retrieval, same/different-card and "no match" rule, and the > 0.95 minimum vs the teacher on its
+# worst held-out photograph (ConvNeXt 0.971, EfficientNet 0.956, the ViT 0.9715).
 UNKNOWN_RULE = "unknown images reported 'no match'"
 TEACHER_PARITY = "parity vs teacher (ref_teacher, torch)"
 UNSEEN_ROW = "unseen cards: nearest distance (not gated)"
@@ -49,12 +48,12 @@ SAME_P5 = "same identity, clean/glare views: cosine p5"
 KNOWN_FAILURES: dict[str, set[str]] = {
     "ref_convnext": set(),
     "ref_efficientnet": set(),
-    "ref_vit": {TEACHER_PARITY},
+    "ref_vit": set(),
 }
-WORST_VIEW_AT_LEAST = {"ref_convnext": 0.965, "ref_efficientnet": 0.955, "ref_vit": 0.93}
-MEAN_AT_LEAST = {"ref_convnext": 0.99, "ref_efficientnet": 0.99, "ref_vit": 0.985}
-# card-free scenes reported "no match" (the rule: ≥ 90 %): ConvNeXt 48 of 48, the ViT and EfficientNet 47
-UNKNOWN_AT_LEAST = {"ref_convnext": 1.0, "ref_efficientnet": 0.97, "ref_vit": 0.97}
+WORST_VIEW_AT_LEAST = {"ref_convnext": 0.965, "ref_efficientnet": 0.955, "ref_vit": 0.965}
+MEAN_AT_LEAST = {"ref_convnext": 0.99, "ref_efficientnet": 0.99, "ref_vit": 0.99}
+# card-free scenes reported "no match" (the rule: ≥ 90 %): ConvNeXt 48 of 48, EfficientNet 47, the ViT 46
+UNKNOWN_AT_LEAST = {"ref_convnext": 1.0, "ref_efficientnet": 0.97, "ref_vit": 0.95}
 
 
 @pytest.mark.parametrize("student", REFERENCE_STUDENTS)

@@ -15,7 +15,6 @@ def conv_stem_vit(
     embed_dim: int = 128,
     depth: int = 4,
     num_heads: int = 4,
-    residual_blocks: int = 0,
     **vit_options,
 ):
     """timm's VisionTransformer (class token, learned position embeddings, MLP ratio 4) whose tokens come
@@ -24,7 +23,6 @@ def conv_stem_vit(
     much faster (Xiao et al., 2021). On the reference card task, distilled for 30 epochs on the same
     pools (worst held-out view / mean cosine vs the teacher): 8-px patches, 64-d, 6 blocks 0.59 / 0.84;
     three convolutions (8x8 tokens), 64-d, 6 blocks 0.71 / 0.92; these defaults 0.84 / 0.96.
-    `residual_blocks` adds that many residual 3x3 blocks (two conv+BN, a skip) after each stride-2 conv.
     `vit_options` go to VisionTransformer (e.g. global_pool="avg", class_token=False)."""
     from torch import nn
 
@@ -32,7 +30,6 @@ def conv_stem_vit(
     layers, channels = [], 3
     for width in widths:
         layers += [nn.Conv2d(channels, width, 3, 2, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-        layers += [_ResidualBlock(width) for _ in range(residual_blocks)]
         channels = width
     return _vit_on(nn.Sequential(*layers), input_size, embed_dim, depth, num_heads, **vit_options)
 
@@ -49,7 +46,11 @@ def convnext_stem_vit(
     """A hybrid ViT: the first `stem_stages` stages of timm's ConvNeXt `stem` (its 4x4 patchify stem,
     depthwise 7x7 blocks, a stride-2 downsample between stages: a 4x4 grid at 64 px after three) make the
     tokens of conv_stem_vit's transformer. Convolutions first, attention on the coarse grid, like
-    CoAtNet; a student of a ConvNeXt teacher follows it where an occluder changes local features."""
+    CoAtNet; a student of a ConvNeXt teacher follows it where an occluder changes local features.
+    Distilled from the reference teacher for 200 epochs (worst held-out view / mean cosine vs the teacher
+    / final training loss): conv_stem_vit 0.938 / 0.989 / 0.092, with a residual block after each of its
+    convolutions 0.955 / 0.991 / 0.082, with twice its widths 0.927 / 0.990 / 0.086; this 0.972 / 0.994
+    / 0.049 (923 k weights)."""
     from torch import nn
 
     timm = import_timm()
@@ -75,20 +76,3 @@ def _vit_on(backbone, input_size: int, embed_dim: int, depth: int, num_heads: in
         embed_layer=partial(HybridEmbed, backbone=backbone),
         **vit_options,
     )
-
-
-def _ResidualBlock(width: int):
-    """ResNet's basic block at a constant width: relu(x + bn(conv(relu(bn(conv(x))))))."""
-    from torch import nn
-
-    class ResidualBlock(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1, self.bn1 = nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width)
-            self.conv2, self.bn2 = nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width)
-            self.act = nn.ReLU()
-
-        def forward(self, x):
-            return self.act(x + self.bn2(self.conv2(self.act(self.bn1(self.conv1(x))))))
-
-    return ResidualBlock()
