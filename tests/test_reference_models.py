@@ -179,13 +179,14 @@ def test_a_few_epochs_of_distillation_learn(registry):
     # is STUDENT_RECIPE); the training loss is what must fall
 
 
-def test_students_side_by_side_come_out_as_if_trained_alone(registry):
+def test_students_side_by_side_come_out_as_if_trained_alone(registry, monkeypatch):
     """`zoo reference build` trains the students in lockstep on pools rendered in a worker process;
     `zoo distill` trains one, rendering in-process or ahead: the weights must be the same bytes."""
     import dataclasses
 
     import torch
 
+    from zoo import pool_cache
     from zoo.training import distill, distill_students
 
     teacher = registry.get(REFERENCE_TEACHER)
@@ -203,7 +204,8 @@ def test_students_side_by_side_come_out_as_if_trained_alone(registry):
         assert all(torch.equal(x, alone.state_dict()[k]) for k, x in side.state_dict().items())
     assert a_log.losses == a_alone_log.losses and len(a_log.losses) == 2
     # each in a process of its own, from pools rendered once into a folder: the same bytes again
-    (a_apart, a_apart_log), (b_apart, _) = distill_students(teacher, [a, b], workers=1, processes=2, **own, **options)
+    monkeypatch.setattr(pool_cache, "AHEAD", 1)  # rendering waits for the slowest student after each pool
+    (a_apart, a_apart_log), (b_apart, _) = distill_students(teacher, [a, b], workers=1, apart=True, **own, **options)
     for apart, alone in ((a_apart, a_alone), (b_apart, b_alone)):
         assert all(torch.equal(x, alone.state_dict()[k]) for k, x in apart.state_dict().items())
     assert a_apart_log.losses == a_alone_log.losses
@@ -314,6 +316,6 @@ def test_a_student_failing_in_its_process_stops_the_others_and_leaves_no_pools(r
     bad = dataclasses.replace(registry.get("ref_vit"), checkpoint=None, architecture_args={"no_such_option": 1})
     with pytest.raises(UsageError, match="no_such_option"):
         distill_students(
-            teacher, [good, bad], epochs=40, views_per_image=2, negative_views=1, processes=2, show_progress=False
+            teacher, [good, bad], epochs=40, views_per_image=2, negative_views=1, apart=True, show_progress=False
         )
     assert not list(tmp_path.glob("zoo-pools-*"))  # the rendered pools went with the run

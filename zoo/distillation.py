@@ -161,11 +161,11 @@ def distill_and_register_students(
     lr: float | list[float] = STUDENT_RECIPE["lr"],
     ema: float | list[float] = STUDENT_RECIPE["ema"],
     seed: int = 0,
-    processes: int = 1,
+    apart: bool = False,
     show_progress: bool = True,
 ) -> list[TrainedModel]:
     """Distil each (student, checkpoint path) from `teacher` on the same pools (training.distill_students;
-    `processes` > 1: each student in a process of its own), then write each checkpoint and model card and
+    `apart`: each student in a process of its own), then write each checkpoint and model card and
     register it."""
     from zoo.errors import UsageError
     from zoo.training import _each, distill_students
@@ -192,7 +192,7 @@ def distill_and_register_students(
         lr=lr,
         ema=ema,
         seed=seed,
-        processes=processes,
+        apart=apart,
         show_progress=show_progress,
     )
     return [
@@ -313,7 +313,7 @@ def distill_reference_students(
         ema=[student_recipe(name)["ema"] for name in names],
         views_per_image=STUDENT_RECIPE["views_per_image"],
         seed=STUDENT_RECIPE["seed"],
-        processes=min(len(names), os.cpu_count() or 1),
+        apart=(os.cpu_count() or 1) > 1,
         show_progress=show_progress,
     )
 

@@ -73,9 +73,10 @@ def _train_one(run, teacher_spec, folder: str, index: int, parent: int, threads:
     return {k: v.detach().numpy() for k, v in model.state_dict().items()}, log
 
 
-def distill_in_processes(teacher_spec, runs: list, jobs: list[tuple], processes: int, workers, show_progress: bool):
-    """training.distill_students for `runs` (training._StudentRun), at most `processes` students at once,
-    each in a process of its own. Returns [(student model, log)] in the order of `runs`."""
+def distill_in_processes(teacher_spec, runs: list, jobs: list[tuple], workers, show_progress: bool):
+    """training.distill_students for `runs` (training._StudentRun), each in a process of its own, all at
+    once: rendering waits for the slowest, so a student left queued behind the others would stall them
+    all. Returns [(student model, log)] in the order of `runs`."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -91,7 +92,7 @@ def distill_in_processes(teacher_spec, runs: list, jobs: list[tuple], processes:
         folder = Path(tmp)
         # spawn, not fork: this process holds torch's thread pools, which a forked child must not inherit
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(min(processes, len(runs)), mp_context=context) as executor:
+        with ProcessPoolExecutor(len(runs), mp_context=context) as executor:
             futures = [
                 executor.submit(_train_one, run, teacher_spec, str(folder), i, os.getpid(), torch.get_num_threads())
                 for i, run in enumerate(runs)

@@ -278,16 +278,16 @@ def distill_students(
     seed: int = 0,
     occlude: float = DISTILL_OCCLUSION,
     workers: int | None = None,
-    processes: int = 1,
+    apart: bool = False,
     show_progress: bool = True,
 ):
     """Train each student's embedding to reproduce the frozen teacher's (cosine loss on L2-normalized
     embeddings). Each epoch draws a fresh augmented pool (seeded per epoch, rendered ahead in worker
     processes), which the frozen teacher embeds once for every student, so a student of a few hundred
     thousand weights sees fresh occlusions instead of memorising one set. Every student keeps a random
-    state of its own, so each comes out exactly as if trained alone: with processes = 1 they train in
-    lockstep here; with more, each in a process of its own (zoo.pool_cache), from pools rendered and
-    embedded once into a temporary folder.
+    state of its own, so each comes out exactly as if trained alone: in lockstep here, or `apart`, each
+    in a process of its own, all at once (zoo.pool_cache), from pools rendered and embedded once into a
+    temporary folder.
     `epochs` is one count for all, or one per student (a student's pools are the first of the shared ones);
     `batch`, `lr` and `ema` likewise. `ema` > 0 returns the exponential moving average of the student's
     weights (that decay per step) instead of its last weights.
@@ -320,10 +320,10 @@ def distill_students(
         _StudentRun(spec, count, batch_size, rate, decay, seed, pool_size)
         for spec, count, batch_size, rate, decay in zip(student_specs, per_student, batches, rates, decays)
     ]
-    if processes > 1 and len(runs) > 1:
+    if apart and len(runs) > 1:
         from zoo.pool_cache import distill_in_processes
 
-        return distill_in_processes(teacher_spec, runs, jobs, processes, workers, show_progress)
+        return distill_in_processes(teacher_spec, runs, jobs, workers, show_progress)
     teacher = _build_teacher(teacher_spec, seed)
     heldout = HeldOut(teacher, teacher_spec)
     for run in runs:
