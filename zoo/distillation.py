@@ -294,7 +294,7 @@ def distill_reference_students(
     names, teacher: ModelSpec, out_dir: Path, registry: Registry, *, show_progress: bool = True
 ) -> list[TrainedModel]:
     """Distil reference students from `teacher` into `out_dir` (its registry.toml) from the same rendered
-    pools, each in a process of its own while there are cores; each comes out as it would alone
+    pools, each in a process of its own where there is more than one core; each comes out as it would alone
     (training.distill_students)."""
     import torch
 
