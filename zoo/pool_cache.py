@@ -13,10 +13,11 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+
+from zoo.outputs import write_text_atomic
 
 AHEAD = 32
 POLL_SECONDS = 0.2
@@ -31,31 +32,27 @@ def _progress_path(folder: Path, index: int) -> Path:
     return folder / f"student-{index}.progress"
 
 
-@contextmanager
-def _written_atomically(path: Path):
-    """A file to write, renamed onto `path` once closed: a reader never sees half of it."""
+def _write_pool(path: Path, views: np.ndarray, target: np.ndarray) -> None:
+    """Written beside `path`, then renamed onto it: a student never reads half a pool."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        yield f
+        np.savez(f, views=views, target=target)
     os.replace(tmp, path)
 
 
 def _epochs_done(folder: Path, index: int) -> int:
     try:
-        return int(_progress_path(folder, index).read_text().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
+        return int(_progress_path(folder, index).read_text())
+    except (FileNotFoundError, ValueError):
         return 0
 
 
-def _train_one(run, teacher_spec, folder: str, index: int, parent: int, threads: int):
+def _train_one(run, heldout, folder: str, index: int, parent: int, threads: int):
     """In a student's process: train `run` on the folder's pools; returns (state dict as arrays, log)."""
     import torch
 
-    from zoo.training import HeldOut, _build_teacher
-
     torch.set_num_threads(threads)  # the parent's thread count: the same float sums, the same bytes
     folder = Path(folder)
-    heldout = HeldOut(_build_teacher(teacher_spec, run.seed), teacher_spec)
     run.start(heldout)
     start = time.perf_counter()
     for epoch in range(run.epochs):
@@ -67,25 +64,24 @@ def _train_one(run, teacher_spec, folder: str, index: int, parent: int, threads:
         with np.load(path) as pool:
             views, target = pool["views"], torch.from_numpy(pool["target"])
         run.train_epoch(views, target)
-        with _written_atomically(_progress_path(folder, index)) as f:
-            f.write(f"{epoch + 1} {run.log.losses[-1]}".encode())
+        write_text_atomic(_progress_path(folder, index), str(epoch + 1))
     model, log = run.finish(heldout, time.perf_counter() - start)
     return {k: v.detach().numpy() for k, v in model.state_dict().items()}, log
 
 
-def distill_in_processes(teacher_spec, runs: list, jobs: list[tuple], workers, show_progress: bool):
+def distill_in_processes(teacher, teacher_spec, heldout, runs: list, jobs: list[tuple], workers, show_progress: bool):
     """training.distill_students for `runs` (training._StudentRun), each in a process of its own, all at
     once: rendering waits for the slowest, so a student left queued behind the others would stall them
-    all. Returns [(student model, log)] in the order of `runs`."""
+    all. `heldout` (training.HeldOut) goes to every student as computed here. Returns [(student model,
+    log)] in the order of `runs`."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     import torch
 
     from zoo.models import build_model
-    from zoo.training import _build_teacher, _progress_bar, embedded_pools
+    from zoo.training import _progress_bar, embedded_pools
 
-    teacher = _build_teacher(teacher_spec, runs[0].seed)
     names = ", ".join(run.spec.name for run in runs)
     bar = _progress_bar(sum(run.epochs for run in runs), f"distill {names} ← {teacher_spec.name}", show_progress)
     with tempfile.TemporaryDirectory(prefix="zoo-pools-") as tmp:
@@ -94,7 +90,7 @@ def distill_in_processes(teacher_spec, runs: list, jobs: list[tuple], workers, s
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(len(runs), mp_context=context) as executor:
             futures = [
-                executor.submit(_train_one, run, teacher_spec, str(folder), i, os.getpid(), torch.get_num_threads())
+                executor.submit(_train_one, run, heldout, str(folder), i, os.getpid(), torch.get_num_threads())
                 for i, run in enumerate(runs)
             ]
 
@@ -119,8 +115,7 @@ def distill_in_processes(teacher_spec, runs: list, jobs: list[tuple], workers, s
                 for epoch, (views, target) in enumerate(embedded_pools(jobs, teacher, teacher_spec, workers)):
                     while epoch - slowest() >= AHEAD:
                         time.sleep(POLL_SECONDS)
-                    with _written_atomically(_pool_path(folder, epoch)) as f:
-                        np.savez(f, views=views, target=target.numpy())
+                    _write_pool(_pool_path(folder, epoch), views, target.numpy())
                 while slowest() < len(jobs) or not all(future.done() for future in futures):
                     time.sleep(POLL_SECONDS)
             except BaseException:

@@ -320,12 +320,15 @@ def distill_students(
         _StudentRun(spec, count, batch_size, rate, decay, seed, pool_size)
         for spec, count, batch_size, rate, decay in zip(student_specs, per_student, batches, rates, decays)
     ]
+    from zoo.models import build_model
+
+    _seed_all(seed)
+    teacher = build_model(teacher_spec)
+    heldout = HeldOut(teacher, teacher_spec)  # computed once, whether the students train here or apart
     if apart and len(runs) > 1:
         from zoo.pool_cache import distill_in_processes
 
-        return distill_in_processes(teacher_spec, runs, jobs, workers, show_progress)
-    teacher = _build_teacher(teacher_spec, seed)
-    heldout = HeldOut(teacher, teacher_spec)
+        return distill_in_processes(teacher, teacher_spec, heldout, runs, jobs, workers, show_progress)
     for run in runs:
         run.start(heldout)
     start = time.perf_counter()
@@ -340,13 +343,6 @@ def distill_students(
     bar.close()
     seconds = time.perf_counter() - start
     return [run.finish(heldout, seconds) for run in runs]
-
-
-def _build_teacher(teacher_spec: ModelSpec, seed: int):
-    from zoo.models import build_model
-
-    _seed_all(seed)
-    return build_model(teacher_spec)
 
 
 def embedded_pools(jobs: list[tuple], teacher, teacher_spec: ModelSpec, workers: int | None):
